@@ -1,0 +1,311 @@
+"""The label catalogue: what an index retrieves.
+
+Each label has an ``id`` (int or str, unique), a non-empty ``text``, an optional ``image`` path and any number of
+metadata fields. Catalogues are read from JSONL (optionally gzipped), CSV or Parquet; every validation error
+names the file and the line (or Parquet row) it comes from.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xmr.errors import CatalogueError
+
+LabelId = int | str
+_INT_TEXT = re.compile(r"-?\d+")
+
+
+def open_text(path: Path):
+    """Open a text file for reading, transparently un-gzipping ``*.gz``."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8", newline="")
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (``file:line``, object) for each non-blank line of a JSONL file."""
+    with open_text(path) as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CatalogueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise CatalogueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[str, dict]]:
+    with open_text(path) as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            return
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    table = pq.read_table(path)
+    for row_number, row in enumerate(table.to_pylist()):
+        yield f"{path}: row {row_number}", row
+
+
+def _file_columns(path: Path) -> list[str] | None:
+    """Column names known before reading rows (CSV header, Parquet schema); None for JSONL."""
+    kind = file_kind(path)
+    if kind == "parquet":
+        return pq.read_schema(path).names
+    if kind == "csv":
+        with open_text(path) as handle:
+            return next(csv.reader(handle), [])
+    return None
+
+
+def file_kind(path: Path) -> str:
+    """'jsonl', 'csv' or 'parquet', from the file name (a trailing .gz is allowed for text formats)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    kinds = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+    if last not in kinds:
+        raise CatalogueError(f"{path}: unknown file type {last or '(none)'!r}; use .jsonl, .csv or .parquet")
+    return kinds[last]
+
+
+def _check_id(value: Any, where: str, field: str, from_text: bool) -> LabelId:
+    if isinstance(value, bool) or value is None:
+        raise CatalogueError(f"{where}: field {field!r} is missing or not an int/str id")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        value = value.strip() if from_text else value
+        if not value:
+            raise CatalogueError(f"{where}: field {field!r} is empty")
+        return value
+    raise CatalogueError(f"{where}: field {field!r} must be an int or a string, got {type(value).__name__}")
+
+
+def _metadata_rows(catalogue: LabelCatalogue) -> list[dict]:
+    if catalogue.metadata is None:
+        return [{} for _ in range(len(catalogue))]
+    return catalogue.metadata.to_pylist()
+
+
+class LabelCatalogue:
+    """An ordered set of labels; row ``i`` is the label with internal (dense) id ``i`` at creation time."""
+
+    def __init__(
+        self,
+        ids: Sequence[LabelId],
+        texts: Sequence[str],
+        images: Sequence[str | None] | None = None,
+        metadata: pa.Table | None = None,
+        source: str = "<catalogue>",
+    ) -> None:
+        if len(ids) != len(texts) or (images is not None and len(images) != len(ids)):
+            raise CatalogueError(f"{source}: ids, texts and images must have the same length")
+        if metadata is not None and metadata.num_rows != len(ids):
+            raise CatalogueError(f"{source}: metadata has {metadata.num_rows} rows for {len(ids)} labels")
+        self.ids: list[LabelId] = list(ids)
+        self.texts: list[str] = list(texts)
+        self.images: list[str | None] | None = list(images) if images is not None else None
+        self.metadata = metadata
+        self.source = source
+        self._position: dict[LabelId, int] | None = None
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        id_field: str = "id",
+        text_field: str = "text",
+        image_field: str = "image",
+        metadata_fields: Sequence[str] | None = None,
+    ) -> LabelCatalogue:
+        """Read a catalogue from JSONL, CSV or Parquet.
+
+        ``metadata_fields`` keeps only those extra fields (each must exist); ``None`` keeps every extra field.
+        Relative image paths are resolved against the file's folder.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise CatalogueError(f"{path}: no such catalogue file")
+        kind = file_kind(path)
+        columns = _file_columns(path)
+        if columns is not None:
+            wanted = [id_field, text_field, *(metadata_fields or [])]
+            missing = [name for name in wanted if name not in columns]
+            if missing:
+                raise CatalogueError(f"{path}: unknown column(s) {missing}; the file has {columns}")
+        rows = {"jsonl": iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[kind](path)
+        return cls.from_records(
+            rows,
+            id_field=id_field,
+            text_field=text_field,
+            image_field=image_field,
+            metadata_fields=metadata_fields,
+            source=str(path),
+            image_root=path.parent,
+            ids_from_text=kind == "csv",
+        )
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Iterable[dict] | Iterable[tuple[str, dict]],
+        id_field: str = "id",
+        text_field: str = "text",
+        image_field: str = "image",
+        metadata_fields: Sequence[str] | None = None,
+        source: str = "<records>",
+        image_root: Path | None = None,
+        ids_from_text: bool = False,
+    ) -> LabelCatalogue:
+        """Build a catalogue from dicts (or ``(location, dict)`` pairs), validating every row."""
+        ids: list[LabelId] = []
+        texts: list[str] = []
+        images: list[str | None] = []
+        extras: list[dict] = []
+        seen: dict[LabelId, str] = {}
+        reserved = {id_field, text_field, image_field}
+        for number, item in enumerate(records):
+            where, record = item if isinstance(item, tuple) else (f"{source}: record {number}", item)
+            label_id = _check_id(record.get(id_field), where, id_field, ids_from_text)
+            if label_id in seen:
+                raise CatalogueError(f"{where}: duplicate id {label_id!r} (first seen at {seen[label_id]})")
+            seen[label_id] = where
+            text = record.get(text_field)
+            if not isinstance(text, str) or not text.strip():
+                state = "missing" if text is None else "empty" if isinstance(text, str) else "not a string"
+                raise CatalogueError(f"{where}: field {text_field!r} is {state}")
+            image = record.get(image_field)
+            if image is not None and image != "":
+                if not isinstance(image, str):
+                    raise CatalogueError(f"{where}: field {image_field!r} must be a path string")
+                if image_root is not None and not Path(image).is_absolute():
+                    image = str((image_root / image).resolve())
+            else:
+                image = None
+            if metadata_fields is None:
+                extra = {key: value for key, value in record.items() if key not in reserved}
+            else:
+                absent = [name for name in metadata_fields if name not in record]
+                if absent:
+                    raise CatalogueError(f"{where}: unknown field(s) {absent} requested as metadata")
+                extra = {name: record[name] for name in metadata_fields}
+            ids.append(label_id)
+            texts.append(text)
+            images.append(image)
+            extras.append(extra)
+        if not ids:
+            raise CatalogueError(f"{source}: the catalogue is empty")
+        if ids_from_text and all(isinstance(i, str) and _INT_TEXT.fullmatch(i) for i in ids):
+            ids = [int(i) for i in ids]
+        if len({type(i) for i in ids}) > 1:
+            first_str = next(seen[i] for i in ids if isinstance(i, str))
+            raise CatalogueError(f"{first_str}: ids mix ints and strings; use one type for every label")
+        metadata = None
+        if any(extras):
+            try:
+                metadata = pa.Table.from_pylist(extras)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+                raise CatalogueError(f"{source}: metadata fields have inconsistent types: {error}") from None
+        has_images = any(image is not None for image in images)
+        return cls(ids, texts, images if has_images else None, metadata, source)
+
+    # ---- access -------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"LabelCatalogue({len(self)} labels from {self.source})"
+
+    def items(self) -> list[str | dict]:
+        """What an encoder encodes for each label: the text, or ``{"text", "image"}`` when it has an image."""
+        if self.images is None:
+            return list(self.texts)
+        return [
+            text if image is None else {"text": text, "image": image}
+            for text, image in zip(self.texts, self.images, strict=True)
+        ]
+
+    def position(self, label_id: LabelId) -> int:
+        """Row of a label id; KeyError naming the id when it is not in the catalogue."""
+        if self._position is None:
+            self._position = {label_id: row for row, label_id in enumerate(self.ids)}
+        try:
+            return self._position[label_id]
+        except KeyError:
+            raise KeyError(f"label id {label_id!r} is not in {self.source}") from None
+
+    def __contains__(self, label_id: object) -> bool:
+        try:
+            self.position(label_id)  # type: ignore[arg-type]
+        except KeyError:
+            return False
+        return True
+
+    # ---- combination --------------------------------------------------------------------------------------
+    def concat(self, other: LabelCatalogue) -> LabelCatalogue:
+        """A new catalogue with ``other``'s rows appended; refuses ids already present or of another type."""
+        clash = [label_id for label_id in other.ids if label_id in self]
+        if clash:
+            raise CatalogueError(f"{other.source}: id(s) already in the catalogue: {clash[:5]}")
+        if type(self.ids[0]) is not type(other.ids[0]):
+            raise CatalogueError(f"{other.source}: ids are {type(other.ids[0]).__name__}, the catalogue's are "
+                                 f"{type(self.ids[0]).__name__}")
+        images = None
+        if self.images is not None or other.images is not None:
+            images = (self.images or [None] * len(self)) + (other.images or [None] * len(other))
+        metadata = None
+        if self.metadata is not None or other.metadata is not None:
+            rows = _metadata_rows(self) + _metadata_rows(other)
+            metadata = pa.Table.from_pylist(rows)
+        return LabelCatalogue(self.ids + other.ids, self.texts + other.texts, images, metadata, self.source)
+
+    def take(self, rows: Sequence[int]) -> LabelCatalogue:
+        """A new catalogue with only the given rows, in that order."""
+        images = [self.images[r] for r in rows] if self.images is not None else None
+        metadata = self.metadata.take(pa.array(rows, type=pa.int64())) if self.metadata is not None else None
+        return LabelCatalogue(
+            [self.ids[r] for r in rows], [self.texts[r] for r in rows], images, metadata, self.source
+        )
+
+    # ---- storage ------------------------------------------------------------------------------------------
+    def to_arrow(self) -> pa.Table:
+        """Columns ``id``, ``text``, optional ``image``, then the metadata fields."""
+        columns: dict[str, pa.Array] = {"id": pa.array(self.ids), "text": pa.array(self.texts, pa.string())}
+        if self.images is not None:
+            columns["image"] = pa.array(self.images, pa.string())
+        table = pa.table(columns)
+        if self.metadata is not None:
+            for name in self.metadata.column_names:
+                if name in columns:
+                    raise CatalogueError(f"{self.source}: metadata field {name!r} clashes with a core column")
+                table = table.append_column(name, self.metadata.column(name))
+        return table
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, source: str) -> LabelCatalogue:
+        """Inverse of :meth:`to_arrow`."""
+        core = {"id", "text", "image"}
+        extra = [name for name in table.column_names if name not in core]
+        images = table.column("image").to_pylist() if "image" in table.column_names else None
+        metadata = table.select(extra) if extra else None
+        return cls(table.column("id").to_pylist(), table.column("text").to_pylist(), images, metadata, source)

@@ -1,0 +1,95 @@
+"""The encoder interface every xmr encoder implements, and the registry that rebuilds encoders from configs.
+
+An encoder turns queries and labels into vectors for one index. Its ``output`` says what kind: ``"dense"``
+(float32 ``(n, dim)``, searched by inner product) is what exists today; binary hash codes (Hamming) and
+token-level vectors (late interaction) plug in as other ``output`` kinds with their own index metric.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xmr.errors import EncoderError
+
+# A query or label: plain text, or a mapping with "text" and optionally "image"/"images" (paths).
+Item = str | Mapping[str, Any]
+
+ENCODER_TYPES: dict[str, type[Encoder]] = {}
+
+
+def register_encoder(type_name: str):
+    """Class decorator: make ``load_encoder({"type": type_name, ...})`` build this class."""
+
+    def decorate(cls: type[Encoder]) -> type[Encoder]:
+        cls.type_name = type_name
+        ENCODER_TYPES[type_name] = cls
+        return cls
+
+    return decorate
+
+
+class Encoder(ABC):
+    """Maps queries and labels to vectors; ``config()`` is enough to rebuild an identical encoder."""
+
+    type_name: ClassVar[str]
+    output: ClassVar[str] = "dense"
+    metric: ClassVar[str] = "inner_product"
+    # Config keys that change speed or placement but never the vectors; ignored when comparing encoders.
+    runtime_keys: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "show_progress"})
+
+    normalize: bool
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Length of each output vector."""
+
+    @abstractmethod
+    def encode_queries(self, items: Sequence[Item]) -> np.ndarray:
+        """Vectors for queries, float32 ``(len(items), dim)``."""
+
+    @abstractmethod
+    def encode_labels(self, items: Sequence[Item]) -> np.ndarray:
+        """Vectors for labels, float32 ``(len(items), dim)``."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable description, with ``"type"``; ``load_encoder(config)`` rebuilds the encoder."""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Encoder:
+        """Rebuild from :meth:`config`; unknown keys are an error naming them."""
+        options = {key: value for key, value in config.items() if key != "type"}
+        try:
+            return cls(**options)
+        except TypeError as error:
+            raise EncoderError(f"encoder config for type {cls.type_name!r} is invalid: {error}") from None
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that determines the vectors (what an index must match)."""
+        return {key: value for key, value in self.config().items() if key not in self.runtime_keys}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.identity()})"
+
+
+def item_texts(items: Sequence[Item], encoder_name: str) -> list[str]:
+    """Texts of items for a text-only encoder; an item without text is an error naming its position."""
+    if isinstance(items, str):
+        raise EncoderError("encode a list of items, not a single string")
+    texts = []
+    for position, item in enumerate(items):
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        text = item.get("text") if isinstance(item, Mapping) else None
+        if not isinstance(text, str):
+            has_image = isinstance(item, Mapping) and ("image" in item or "images" in item)
+            reason = "has an image but no text" if has_image else "has no text"
+            raise EncoderError(f"item {position} {reason}; encoder {encoder_name!r} encodes text only")
+        texts.append(text)
+    return texts

