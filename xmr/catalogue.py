@@ -100,6 +100,15 @@ def _check_id(value: Any, where: str, field: str, from_text: bool) -> LabelId:
     raise CatalogueError(f"{where}: field {field!r} must be an int or a string, got {type(value).__name__}")
 
 
+def _rows_to_table(rows: list[dict], source: str) -> pa.Table:
+    """Metadata rows to a table; a field absent from some rows is null there."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    try:
+        return pa.table({name: [row.get(name) for row in rows] for name in names})
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise CatalogueError(f"{source}: a metadata field has values of mixed types: {error}") from None
+
+
 def _metadata_rows(catalogue: LabelCatalogue) -> list[dict]:
     if catalogue.metadata is None:
         return [{} for _ in range(len(catalogue))]
@@ -220,12 +229,7 @@ class LabelCatalogue:
         if len({type(i) for i in ids}) > 1:
             first_str = next(seen[i] for i in ids if isinstance(i, str))
             raise CatalogueError(f"{first_str}: ids mix ints and strings; use one type for every label")
-        metadata = None
-        if any(extras):
-            try:
-                metadata = pa.Table.from_pylist(extras)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-                raise CatalogueError(f"{source}: metadata fields have inconsistent types: {error}") from None
+        metadata = _rows_to_table(extras, source) if any(extras) else None
         has_images = any(image is not None for image in images)
         return cls(ids, texts, images if has_images else None, metadata, source)
 
@@ -275,8 +279,7 @@ class LabelCatalogue:
             images = (self.images or [None] * len(self)) + (other.images or [None] * len(other))
         metadata = None
         if self.metadata is not None or other.metadata is not None:
-            rows = _metadata_rows(self) + _metadata_rows(other)
-            metadata = pa.Table.from_pylist(rows)
+            metadata = _rows_to_table(_metadata_rows(self) + _metadata_rows(other), other.source)
         return LabelCatalogue(self.ids + other.ids, self.texts + other.texts, images, metadata, self.source)
 
     def take(self, rows: Sequence[int]) -> LabelCatalogue:

@@ -1,0 +1,163 @@
+"""The ``xmr`` command line: build, query, info, demo. Each subcommand is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xmr.errors import XMRError
+
+
+def _search_params(args: argparse.Namespace) -> dict[str, int]:
+    params = {"efSearch": args.ef_search, "nprobe": args.nprobe}
+    return {name: value for name, value in params.items() if value is not None}
+
+
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ef-search", type=int, help="HNSW efSearch (recall/speed knob)")
+    parser.add_argument("--nprobe", type=int, help="IVF lists probed per query (recall/speed knob)")
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from xmr.catalogue import LabelCatalogue
+    from xmr.encoders import load_encoder
+    from xmr.index import build_index
+
+    catalogue = LabelCatalogue.from_file(
+        args.labels, id_field=args.id_field, text_field=args.text_field, image_field=args.image_field
+    )
+    options: dict[str, Any] = {"batch_size": args.batch_size}
+    if args.no_normalize:
+        options["normalize"] = False
+    for name in ("query_prompt", "label_prompt", "max_seq_length", "device"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    encoder = load_encoder(args.encoder, **options)
+    index = build_index(catalogue, encoder, args.out, factory=args.factory, search_params=_search_params(args),
+                        train_size=args.train_size)
+    print(f"built {args.out}: {len(index)} labels, {index.dim}-d, {index.manifest['faiss']['structure']}")
+
+
+def _read_queries(args: argparse.Namespace) -> list[str]:
+    queries = list(args.queries)
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise XMRError(f"{path}: no such query file")
+        queries += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not queries:
+        raise XMRError("no queries: give query texts or --file FILE")
+    return queries
+
+
+def cmd_query(args: argparse.Namespace) -> None:
+    from xmr.index import load_index
+
+    queries = _read_queries(args)
+    index = load_index(args.index, verify=not args.no_verify)
+    result = index.search(queries, k=args.k, **_search_params(args))
+    for number, (query, hits) in enumerate(zip(queries, result.to_records(), strict=True)):
+        if args.json:
+            print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))
+            continue
+        print(("\n" if number else "") + query)
+        for rank, hit in enumerate(hits, start=1):
+            print(f"  {rank:>3}. {hit['score']:.4f}  [{hit['id']}] {hit['text']}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from xmr.index import load_index
+
+    info = load_index(args.index, verify=not args.no_verify).info()
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    manifest = info["manifest"]
+    encoder = manifest["encoder"]
+    print(f"index        {info['path']}")
+    print(f"labels       {info['labels']} (ids: {manifest['labels']['id_type']}, from {manifest['labels']['source']})")
+    print(f"encoder      {encoder.get('type')}: {encoder.get('model', '')}")
+    print(f"vectors      {info['vectors']} x {manifest['dim']}, {manifest['metric']} "
+          f"({manifest['similarity']}), {manifest['output']}")
+    print(f"faiss        {manifest['faiss']['factory']} -> {info['faiss_structure']}, "
+          f"search parameters {info['search_parameters'] or '{}'}")
+    print(f"created      {manifest['created_at']} with xmr {manifest['xmr_version']}, "
+          f"faiss {manifest['faiss']['faiss_version']}")
+    for name, entry in manifest["files"].items():
+        print(f"file         {name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}...")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from xmr.demo import run_demo
+
+    run_demo(Path(args.out), rebuild=args.rebuild, k=args.k)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from xmr.demo import DEMO_INDEX
+    from xmr.encoders import DEFAULT_TEXT_MODEL
+
+    parser = argparse.ArgumentParser(prog="xmr", description="Extreme multi-label retrieval: build, query, inspect.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="encode a label catalogue and write an index folder")
+    build.add_argument("--labels", required=True, help="catalogue file: .jsonl, .csv or .parquet")
+    build.add_argument("--encoder", default=DEFAULT_TEXT_MODEL,
+                       help="model name, local folder, or encoder config .json (default: bundled MiniLM)")
+    build.add_argument("--factory", default="Flat", help="FAISS index_factory string: Flat, HNSW32, IVF1024,PQ48 ...")
+    build.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    build.add_argument("--id-field", default="id")
+    build.add_argument("--text-field", default="text")
+    build.add_argument("--image-field", default="image")
+    build.add_argument("--query-prompt")
+    build.add_argument("--label-prompt")
+    build.add_argument("--max-seq-length", type=int)
+    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--device", help="cpu, cuda, ... (default: automatic)")
+    build.add_argument("--no-normalize", action="store_true", help="raw inner product instead of cosine")
+    build.add_argument("--train-size", type=int, default=200_000, help="vectors sampled to train IVF/PQ/SQ")
+    _add_search_options(build)
+    build.set_defaults(run=cmd_build)
+
+    query = commands.add_parser("query", help="top-k labels for query texts")
+    query.add_argument("index", help="index folder")
+    query.add_argument("queries", nargs="*", help="query texts")
+    query.add_argument("-k", type=int, default=10)
+    query.add_argument("--file", help="text file with one query per line")
+    query.add_argument("--json", action="store_true", help="one JSON object per query")
+    query.add_argument("--no-verify", action="store_true", help="skip checksum verification")
+    _add_search_options(query)
+    query.set_defaults(run=cmd_query)
+
+    info = commands.add_parser("info", help="manifest, sizes and encoder of an index folder")
+    info.add_argument("index")
+    info.add_argument("--json", action="store_true")
+    info.add_argument("--no-verify", action="store_true")
+    info.set_defaults(run=cmd_info)
+
+    demo = commands.add_parser("demo", help="index ESCO skills, run example queries, evaluate on ESCO if present")
+    demo.add_argument("--out", default=str(DEMO_INDEX))
+    demo.add_argument("--rebuild", action="store_true")
+    demo.add_argument("-k", type=int, default=5)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except XMRError as error:
+        print(f"xmr: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
