@@ -22,8 +22,8 @@ from xmr.evaluation import evaluate
 from xmr.index import LabelIndex, build_index, load_index
 
 DEMO_INDEX = Path("indexes/esco-demo")
-# MiniLM was trained on 128-token inputs; longer skill descriptions cost time without helping retrieval.
-DEMO_ENCODER = {"type": "sentence-transformers", "model": DEFAULT_TEXT_MODEL, "max_seq_length": 128}
+# Each skill text starts with its preferred and alternative names; 64 tokens keep those and bound the build time.
+DEMO_ENCODER = {"type": "sentence-transformers", "model": DEFAULT_TEXT_MODEL, "max_seq_length": 64}
 BENCHMARK = "esco-skill-extraction"
 DEMO_QUERIES = [
     "experience with python and sql",
