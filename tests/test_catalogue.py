@@ -55,7 +55,8 @@ def test_parquet_round_trip_with_images(tmp_path):
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
-        ([{"id": 1, "text": "a"}, {"id": 1, "text": "b"}], r"l\.jsonl:2: duplicate id 1 \(first seen at .*l\.jsonl:1\)"),
+        ([{"id": 1, "text": "a"}, {"id": 1, "text": "b"}],
+         r"l\.jsonl:2: duplicate id 1 \(first seen at .*l\.jsonl:1\)"),
         ([{"id": 1, "text": "a"}, {"id": 2, "text": "   "}], r"l\.jsonl:2: field 'text' is empty"),
         ([{"id": 1}], r"l\.jsonl:1: field 'text' is missing"),
         ([{"id": 1, "text": 5}], r"l\.jsonl:1: field 'text' is not a string"),

@@ -212,3 +212,18 @@ def test_string_ids_and_metadata_survive_the_folder(tiny_encoder, tmp_path):
     assert index.catalogue.metadata.column("group").to_pylist() == [0, 1, 0]
     assert index.manifest["labels"]["id_type"] == "str"
     assert index.search(["cook food"], k=1).label_ids(0) == ["skill/1"]
+
+
+def test_index_from_precomputed_vectors(catalogue, tiny_encoder, tmp_path):
+    vectors = tiny_encoder.encode_labels(catalogue.texts)
+    with_encoder = xmr.build_index_from_embeddings(catalogue, vectors, tmp_path / "a", encoder=tiny_encoder)
+    assert with_encoder.manifest["encoder"] == tiny_encoder.identity()
+    assert xmr.load_index(tmp_path / "a").search([catalogue.texts[4]], k=1).label_ids(0) == [catalogue.ids[4]]
+    bare = xmr.build_index_from_embeddings(catalogue, vectors, tmp_path / "b")
+    assert bare.manifest["normalized"] is True and bare.manifest["encoder"]["type"] == "none"
+    loaded = xmr.load_index(tmp_path / "b")
+    assert loaded.search_embeddings(vectors[7], k=1).ids[0, 0] == 7
+    with pytest.raises(XMRError, match="without an encoder; query it with search_embeddings"):
+        loaded.search(["python"])
+    with pytest.raises(XMRError, match="299 vectors for 300 labels"):
+        xmr.build_index_from_embeddings(catalogue, vectors[:-1], None)

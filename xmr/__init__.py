@@ -4,7 +4,8 @@ from xmr._version import __version__
 from xmr.catalogue import LabelCatalogue
 from xmr.encoders import Encoder, load_encoder
 from xmr.errors import CatalogueError, EncoderError, IndexFolderError, UnsupportedOperation, XMRError
-from xmr.index import LabelIndex, build_index, load_index
+from xmr.evaluation import evaluate
+from xmr.index import LabelIndex, build_index, build_index_from_embeddings, load_index
 from xmr.search import SearchResult
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "XMRError",
     "__version__",
     "build_index",
+    "build_index_from_embeddings",
+    "evaluate",
     "load_encoder",
     "load_index",
 ]

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from xmr.errors import CatalogueError
 
 LabelId = int | str
+ROW_ID = "@row"  # id_field value meaning "the row number is the id" (XMC repository label files)
 _INT_TEXT = re.compile(r"-?\d+")
 
 
@@ -149,6 +150,8 @@ class LabelCatalogue:
     ) -> LabelCatalogue:
         """Read a catalogue from JSONL, CSV or Parquet.
 
+        ``id_field="@row"`` numbers labels by row (0, 1, ...), as XMC repository files (``lbl.json.gz``) need.
+
         ``metadata_fields`` keeps only those extra fields (each must exist); ``None`` keeps every extra field.
         Relative image paths are resolved against the file's folder.
         """
@@ -158,7 +161,7 @@ class LabelCatalogue:
         kind = file_kind(path)
         columns = _file_columns(path)
         if columns is not None:
-            wanted = [id_field, text_field, *(metadata_fields or [])]
+            wanted = [name for name in (id_field, text_field, *(metadata_fields or [])) if name != ROW_ID]
             missing = [name for name in wanted if name not in columns]
             if missing:
                 raise CatalogueError(f"{path}: unknown column(s) {missing}; the file has {columns}")
@@ -195,7 +198,10 @@ class LabelCatalogue:
         reserved = {id_field, text_field, image_field}
         for number, item in enumerate(records):
             where, record = item if isinstance(item, tuple) else (f"{source}: record {number}", item)
-            label_id = _check_id(record.get(id_field), where, id_field, ids_from_text)
+            if id_field == ROW_ID:
+                label_id: LabelId = number
+            else:
+                label_id = _check_id(record.get(id_field), where, id_field, ids_from_text)
             if label_id in seen:
                 raise CatalogueError(f"{where}: duplicate id {label_id!r} (first seen at {seen[label_id]})")
             seen[label_id] = where

@@ -1,4 +1,4 @@
-"""The ``xmr`` command line: build, query, info, demo. Each subcommand is a thin layer over the Python API."""
+"""The ``xmr`` command line: build, query, info, eval, demo. Each subcommand is a thin layer over the Python API."""
 
 from __future__ import annotations
 
@@ -91,6 +91,28 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"file         {name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}...")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from xmr.report import compare_runs, render_report, write_run
+
+    if args.compare:
+        print(compare_runs(args.compare))
+        return
+    if not args.index or not args.test:
+        raise XMRError("xmr eval needs INDEX and --test FILE (or --compare RUN [RUN ...])")
+    from xmr.evaluation import evaluate
+    from xmr.index import load_index
+    from xmr.metrics import PROPENSITY_PRESETS
+
+    propensity = tuple(args.propensity) if args.propensity else PROPENSITY_PRESETS[args.propensity_preset]
+    result = evaluate(load_index(args.index), args.test, ks=args.k, propensity=propensity, train=args.train,
+                      filter_labels=args.filter, group_by=args.group_by, batch_size=args.batch_size,
+                      **_search_params(args))
+    if args.out:
+        folder = write_run(result, args.out)
+        print(f"wrote {folder}/metrics.json, report.md, p_at_k.png, p_by_decile.png")
+    print(render_report(result, Path(args.out).name if args.out else Path(args.index).name).split("\n## P@")[0])
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from xmr.demo import run_demo
 
@@ -110,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model name, local folder, or encoder config .json (default: bundled MiniLM)")
     build.add_argument("--factory", default="Flat", help="FAISS index_factory string: Flat, HNSW32, IVF1024,PQ48 ...")
     build.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
-    build.add_argument("--id-field", default="id")
+    build.add_argument("--id-field", default="id", help="id column; @row numbers labels by row (XMC lbl files)")
     build.add_argument("--text-field", default="text")
     build.add_argument("--image-field", default="image")
     build.add_argument("--query-prompt")
@@ -138,6 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.add_argument("--no-verify", action="store_true")
     info.set_defaults(run=cmd_info)
+
+    evaluation = commands.add_parser("eval", help="P@k, PSP@k, nDCG@k, R@k ... of an index on labelled queries")
+    evaluation.add_argument("index", nargs="?", help="index folder")
+    evaluation.add_argument("--test", help="labelled queries: xmr JSONL, XMC LF raw (tst.json.gz), HF datasets")
+    evaluation.add_argument("--train", help="training split (any format, incl. sparse BoW .txt) for propensities")
+    evaluation.add_argument("--filter", help="reciprocal-pair filter file (query_row label_id per line)")
+    evaluation.add_argument("-k", type=int, nargs="+", default=[1, 3, 5, 10])
+    evaluation.add_argument("--propensity", type=float, nargs=2, metavar=("A", "B"))
+    evaluation.add_argument("--propensity-preset", choices=["default", "amazon", "wikipedia"], default="default")
+    evaluation.add_argument("--group-by", help="record field to report per group (e.g. subset)")
+    evaluation.add_argument("--batch-size", type=int, default=1024, help="queries encoded and searched at once")
+    evaluation.add_argument("--out", help="run folder for metrics.json, report.md and plots")
+    evaluation.add_argument("--compare", nargs="+", metavar="RUN", help="print run folders side by side")
+    _add_search_options(evaluation)
+    evaluation.set_defaults(run=cmd_eval)
 
     demo = commands.add_parser("demo", help="index ESCO skills, run example queries, evaluate on ESCO if present")
     demo.add_argument("--out", default=str(DEMO_INDEX))

@@ -1,23 +1,32 @@
-"""Offline evaluation of an index on labelled queries, streamed in batches (no n x L score matrix)."""
+"""Offline evaluation of an index on labelled queries.
+
+Queries are encoded and searched in batches and only the top-K label ids per query are kept, so memory grows with
+n x K, never with n x L. Metrics come from :mod:`xmr.metrics`; propensities are counted on the training split.
+"""
 
 from __future__ import annotations
 
+import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xmr import metrics as m
 from xmr.catalogue import LabelId
-from xmr.datasets import Instances
+from xmr.datasets import Instances, read_filter_pairs, read_instances, read_label_lists
 from xmr.index import LabelIndex
-from xmr.metrics import precision_at_k, recall_at_k
+
+DEFAULT_KS = (1, 3, 5, 10)
+DECILE_K = 5
 
 
-def truth_as_internal_ids(index: LabelIndex, labels: Sequence[Sequence[LabelId]]) -> tuple[list[list[int]], int]:
+def truth_as_internal_ids(index: LabelIndex, labels: Sequence[Sequence[LabelId]]) -> tuple[list[np.ndarray], int]:
     """True labels as the index's internal ids; labels missing from the catalogue get ids no search returns.
 
-    Returns the mapped lists and how many label occurrences were missing (they stay in recall's denominator).
+    Returns the mapped arrays and how many label occurrences were missing (they stay in recall's denominator).
     """
     unreachable = int(index.manifest["next_internal_id"])
     missing: dict[LabelId, int] = {}
@@ -29,42 +38,158 @@ def truth_as_internal_ids(index: LabelIndex, labels: Sequence[Sequence[LabelId]]
                 row.append(index.internal_id(label_id))
             else:
                 row.append(missing.setdefault(label_id, unreachable + len(missing)))
-        mapped.append(row)
-    occurrences = sum(1 for row in mapped for label in row if label >= unreachable)
+        mapped.append(np.array(row, dtype=np.int64))
+    occurrences = sum(int((row >= unreachable).sum()) for row in mapped)
     return mapped, occurrences
+
+
+def predict(index: LabelIndex, queries: Sequence[str] | np.ndarray, k: int, batch_size: int = 1024,
+            exclude: Mapping[int, set[int]] | None = None, **search_params: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Top-k internal label ids per query, encoded and searched batch by batch.
+
+    ``queries`` are texts, or precomputed float32 vectors (a ``np.memmap`` keeps memory bounded);
+    ``exclude`` drops internal ids per query row (reciprocal-pair filtering).
+    """
+    exclude = exclude or {}
+    depth = k + max((len(ids) for ids in exclude.values()), default=0)
+    predictions = np.full((len(queries), k), -1, dtype=np.int64)
+    encode_seconds = search_seconds = 0.0
+    for start in range(0, len(queries), batch_size):
+        tick = time.perf_counter()
+        if isinstance(queries, np.ndarray):
+            vectors = np.asarray(queries[start:start + batch_size], dtype=np.float32)
+        else:
+            vectors = index.encoder.encode_queries(list(queries[start:start + batch_size]))
+        encode_seconds += time.perf_counter() - tick
+        tick = time.perf_counter()
+        found = index.search_embeddings(vectors, k=depth, **search_params).ids
+        search_seconds += time.perf_counter() - tick
+        for offset, row in enumerate(found):
+            dropped = exclude.get(start + offset)
+            if dropped:
+                row = row[~np.isin(row, list(dropped))]
+            predictions[start + offset, :min(k, len(row))] = row[:k]
+    n = max(len(queries), 1)
+    timings = {
+        "encode_s": encode_seconds,
+        "search_s": search_seconds,
+        "encode_queries_per_s": n / encode_seconds if encode_seconds else float("nan"),
+        "search_queries_per_s": n / search_seconds if search_seconds else float("nan"),
+    }
+    return predictions, timings
+
+
+def ranking_metrics(pred: np.ndarray, truth: list[np.ndarray], ks: Sequence[int],
+                    inv_propensity: np.ndarray | None) -> dict[str, float]:
+    """Every ranking metric at every k (PS metrics only with propensities), plus MAP, MRR and coverage at max k."""
+    values: dict[str, float] = {}
+    for name, function in (("P", m.precision_at_k), ("nDCG", m.ndcg_at_k), ("R", m.recall_at_k),
+                           ("RP", m.rprecision_at_k)):
+        for k in ks:
+            values[f"{name}@{k}"] = function(pred, truth, k)
+    if inv_propensity is not None:
+        for name, function in (("PSP", m.psprecision_at_k), ("PSnDCG", m.psndcg_at_k)):
+            for k in ks:
+                values[f"{name}@{k}"] = function(pred, truth, inv_propensity, k)
+    depth = max(ks)
+    values[f"MAP@{depth}"] = m.mean_average_precision(pred, truth, depth)
+    values[f"MRR@{depth}"] = m.mrr(pred, truth, depth)
+    values[f"coverage@{depth}"] = m.coverage_at_k(pred, truth, depth)
+    return values
+
+
+def _label_counts(truth: Sequence[np.ndarray], size: int) -> np.ndarray:
+    counts = np.zeros(size, dtype=np.int64)
+    for labels in truth:
+        labels = np.unique(labels[(labels >= 0) & (labels < size)])
+        counts[labels] += 1
+    return counts
 
 
 def evaluate(
     index: LabelIndex,
-    instances: Instances,
-    ks: Sequence[int] = (1, 5, 10),
+    dataset: Instances | str | Path,
+    ks: Sequence[int] = (1, 3, 5),
+    propensity: tuple[float, float] = m.PROPENSITY_PRESETS["default"],
+    train: Instances | str | Path | None = None,
+    filter_labels: str | Path | Mapping[int, set[int]] | None = None,
+    group_by: str | None = None,
     batch_size: int = 1024,
+    query_vectors: np.ndarray | None = None,
     **search_params: int,
 ) -> dict[str, Any]:
-    """P@k and R@k for each k, with encode/search throughput; queries are encoded and searched per batch."""
-    max_k = max(ks)
-    predictions = np.empty((len(instances), max_k), dtype=np.int64)
-    encode_seconds = search_seconds = 0.0
-    for start in range(0, len(instances), batch_size):
-        batch = instances.texts[start:start + batch_size]
-        tick = time.perf_counter()
-        vectors = index.encoder.encode_queries(batch)
-        encode_seconds += time.perf_counter() - tick
-        tick = time.perf_counter()
-        predictions[start:start + len(batch)] = index.search_embeddings(vectors, k=max_k, **search_params).ids
-        search_seconds += time.perf_counter() - tick
+    """Score ``index`` on labelled queries; returns every metric, curves, deciles, groups and timings.
+
+    ``train`` (instances or a file, including sparse BoW) gives the label counts for PSP/PSnDCG (Jain et al.
+    propensities with ``propensity=(A, B)``) and for the frequency deciles; without it PS metrics are omitted and
+    deciles use test counts. ``filter_labels`` (file or row -> label ids) removes reciprocal (query, label) pairs
+    from predictions and truth. ``group_by`` names a record field (e.g. ESCO's ``subset``) to report per group.
+    ``query_vectors`` (row i = query i) replaces encoding the query texts.
+    """
+    started = time.perf_counter()
+    instances = dataset if isinstance(dataset, Instances) else read_instances(dataset)
+    ks = sorted(set(int(k) for k in ks))
+    depth = max(ks)
     truth, missing = truth_as_internal_ids(index, instances.labels)
-    metrics: dict[str, Any] = {}
-    for k in ks:
-        metrics[f"P@{k}"] = precision_at_k(predictions, truth, k)
-    for k in ks:
-        metrics[f"R@{k}"] = recall_at_k(predictions, truth, k)
+    pairs = read_filter_pairs(filter_labels) if isinstance(filter_labels, (str, Path)) else (filter_labels or {})
+    exclude: dict[int, set[int]] = {}
+    for row, label_ids in pairs.items():
+        if 0 <= row < len(instances):
+            internal = {index.internal_id(label) for label in label_ids if label in index.catalogue}
+            exclude[row] = internal
+            truth[row] = truth[row][~np.isin(truth[row], list(internal))]
+    queries = instances.texts if query_vectors is None else query_vectors
+    if len(queries) != len(instances):
+        raise ValueError(f"{len(queries)} query vectors for {len(instances)} queries")
+    predictions, timings = predict(index, queries, depth, batch_size, exclude, **search_params)
+
+    table_size = int(index.manifest["next_internal_id"])
+    inv_propensity = None
+    if train is not None:
+        train_labels = train.labels if isinstance(train, Instances) else read_label_lists(train)
+        train_truth, _ = truth_as_internal_ids(index, train_labels)
+        counts = _label_counts(train_truth, table_size)
+        clean = [labels[labels < table_size] for labels in train_truth]
+        inv_propensity = m.inverse_propensity(clean, table_size, *propensity)
+        counts_from = "train"
+    else:
+        counts = _label_counts(truth, table_size)
+        counts_from = "test"
+
+    curve_ks = list(range(1, depth + 1))
+    curves = {"k": curve_ks, "P@k": [m.precision_at_k(predictions, truth, k) for k in curve_ks]}
+    if inv_propensity is not None:
+        curves["PSP@k"] = [m.psprecision_at_k(predictions, truth, inv_propensity, k) for k in curve_ks]
+    decile_k = min(DECILE_K, depth)
+    groups = {}
+    if group_by:
+        values = [extra.get(group_by) for extra in instances.extra] if instances.extra else []
+        for group in sorted({value for value in values if value is not None}, key=str):
+            rows = [row for row, value in enumerate(values) if value == group]
+            groups[str(group)] = {"queries": len(rows), "metrics": ranking_metrics(
+                predictions[rows], [truth[row] for row in rows], ks, inv_propensity)}
+    timings["total_s"] = time.perf_counter() - started
+    timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "dataset": instances.source,
         "queries": len(instances),
+        "index": str(index.path) if index.path else None,
+        "encoder": index.manifest["encoder"],
+        "faiss": index.manifest["faiss"]["factory"],
+        "search_params": search_params or index.manifest["faiss"].get("search_params", {}),
         "labels_in_index": len(index),
         "true_labels_missing_from_index": missing,
-        "metrics": metrics,
-        "encode_queries_per_s": len(instances) / encode_seconds if encode_seconds else None,
-        "search_queries_per_s": len(instances) / search_seconds if search_seconds else None,
+        "ks": ks,
+        "propensity": {"A": propensity[0], "B": propensity[1], "train": getattr(train, "source", str(train))}
+        if inv_propensity is not None else None,
+        "filter": {"pairs": sum(len(v) for v in pairs.values())} if pairs else None,
+        "metrics": ranking_metrics(predictions, truth, ks, inv_propensity),
+        "curves": curves,
+        "deciles": {
+            "k": decile_k,
+            "label_counts_from": counts_from,
+            "contribution": m.precision_at_k_by_decile(predictions, truth, decile_k, counts).tolist(),
+        },
+        "groups": groups,
+        "timings": timings,
     }

@@ -103,5 +103,7 @@ class SentenceTransformerEncoder(Encoder):
         expected_dim = options.pop("dim", None)
         encoder = super().from_config(options)
         if expected_dim is not None and expected_dim != encoder.dim:
-            raise EncoderError(f"model {encoder.model_name!r} gives {encoder.dim}-d vectors, config says {expected_dim}")
+            raise EncoderError(
+                f"model {encoder.model_name!r} gives {encoder.dim}-d vectors, config says {expected_dim}"
+            )
         return encoder  # type: ignore[return-value]

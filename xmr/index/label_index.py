@@ -30,6 +30,7 @@ from xmr.search import SearchResult
 INDEX_FILE = "index.faiss"
 LABELS_FILE = "labels.parquet"
 INTERNAL_ID = "internal_id"
+NO_ENCODER = "none"  # manifest encoder type of an index built from precomputed vectors without an encoder
 
 
 class LabelIndex:
@@ -70,6 +71,9 @@ class LabelIndex:
     def encoder(self) -> Encoder:
         """The encoder from the manifest, loaded on first use (``search_embeddings`` never needs it)."""
         if self._encoder is None:
+            if self.manifest["encoder"].get("type") == NO_ENCODER:
+                raise XMRError(f"{self.path or 'this index'} was built from precomputed vectors without an encoder; "
+                               "query it with search_embeddings")
             encoder = load_encoder(self.manifest["encoder"])
             check_encoder(encoder, self.manifest, self.path)
             self._encoder = encoder
@@ -210,8 +214,37 @@ def build_index(
     if not isinstance(catalogue, LabelCatalogue):
         catalogue = LabelCatalogue.from_file(catalogue)
     encoder = load_encoder(encoder)
-    index = faiss_ops.create(encoder.dim, factory, encoder.metric)
     vectors = encoder.encode_labels(catalogue.items())
+    return build_index_from_embeddings(catalogue, vectors, out, encoder, factory, search_params, train_size)
+
+
+def build_index_from_embeddings(
+    catalogue: LabelCatalogue,
+    vectors: np.ndarray,
+    out: str | Path | None,
+    encoder: Encoder | str | Mapping[str, Any] | None = None,
+    factory: str = "Flat",
+    search_params: Mapping[str, int] | None = None,
+    train_size: int = faiss_ops.DEFAULT_TRAIN_SIZE,
+    normalized: bool | None = None,
+) -> LabelIndex:
+    """Index label vectors computed elsewhere (row i = catalogue row i).
+
+    Name the ``encoder`` that produced them to make text search work; without one the index answers
+    ``search_embeddings`` only. ``normalized`` records whether the vectors are unit length (default: the
+    encoder's setting, else measured).
+    """
+    if len(vectors) != len(catalogue):
+        raise XMRError(f"{len(vectors)} vectors for {len(catalogue)} labels")
+    encoder = load_encoder(encoder) if encoder is not None else None
+    dim = int(vectors.shape[1])
+    if encoder is not None and encoder.dim != dim:
+        raise XMRError(f"vectors are {dim}-d but encoder {encoder!r} gives {encoder.dim}-d")
+    metric = encoder.metric if encoder is not None else "inner_product"
+    if normalized is None:
+        normalized = encoder.normalize if encoder is not None else bool(
+            np.allclose(np.linalg.norm(vectors[:1000], axis=1), 1.0, atol=1e-3))
+    index = faiss_ops.create(dim, factory, metric)
     trained_on = faiss_ops.train(index, vectors, train_size)
     internal_ids = np.arange(len(catalogue), dtype=np.int64)
     faiss_ops.add(index, vectors, internal_ids)
@@ -220,12 +253,12 @@ def build_index(
     manifest = {
         "xmr_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "encoder": encoder.identity(),
-        "output": encoder.output,
-        "dim": encoder.dim,
-        "metric": encoder.metric,
-        "normalized": encoder.normalize,
-        "similarity": "cosine" if encoder.normalize else "inner_product",
+        "encoder": encoder.identity() if encoder is not None else {"type": NO_ENCODER, "dim": dim},
+        "output": encoder.output if encoder is not None else "dense",
+        "dim": dim,
+        "metric": metric,
+        "normalized": normalized,
+        "similarity": "cosine" if normalized else "inner_product",
         "faiss": {
             "factory": factory,
             "structure": faiss_ops.describe(index),
