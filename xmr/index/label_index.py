@@ -100,6 +100,8 @@ class LabelIndex:
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Catalogue rows of internal ids (-1 stays -1); internal ids are kept strictly increasing."""
+        if not len(self.internal_ids):
+            return np.full(ids.shape, -1, dtype=np.int64)
         rows = np.searchsorted(self.internal_ids, ids).clip(max=len(self.internal_ids) - 1)
         found = (ids >= 0) & (self.internal_ids[rows] == ids)
         return np.where(found, rows, -1)
