@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,20 @@ from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, canonical_model_name, resol
 from xmr.errors import EncoderError
 
 PROGRESS_THRESHOLD = 2048  # show a progress bar for encode calls at least this long
+
+
+@contextmanager
+def _quiet_weight_loading() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" bar (noise on every query); restore the user's setting."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
 
 
 @register_encoder("sentence-transformers")
@@ -46,7 +61,8 @@ class SentenceTransformerEncoder(Encoder):
         self.trust_remote_code = trust_remote_code
         location = resolve_model_location(model)
         try:
-            self.model = SentenceTransformer(location, device=device, trust_remote_code=trust_remote_code)
+            with _quiet_weight_loading():
+                self.model = SentenceTransformer(location, device=device, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
             raise EncoderError(f"cannot load sentence-transformers model {model!r} from {location}: {error}") from None
         if max_seq_length is not None:
