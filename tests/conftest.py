@@ -69,3 +69,63 @@ def labels_file(tmp_path) -> Path:
     path = tmp_path / "labels.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in label_records()))
     return path
+
+
+def tiny_llama(folder: Path) -> Path:
+    """A 2-layer, 32-d random Llama causal LM with a word-level tokenizer, saved like any HF checkpoint."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {token: number for number, token in enumerate(["<pad>", "<unk>", "<s>", "</s>", *WORDS, ":", "this"])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory) -> str:
+    return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """Register a tiny open_clip architecture 'xmr-tiny-clip' (random weights; no pretrained CLIP offline)."""
+    open_clip = pytest.importorskip("open_clip")
+    folder = tmp_path_factory.mktemp("clip-config")
+    (folder / "xmr-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(folder)
+    return "xmr-tiny-clip"
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> list[str]:
+    """Three small distinct JPEGs: red, green, a gradient."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    gradient = np.tile(np.linspace(0, 255, 48, dtype=np.uint8), (48, 1))
+    arrays = [np.full((48, 48, 3), (220, 20, 20), np.uint8), np.full((48, 48, 3), (20, 200, 40), np.uint8),
+              np.stack([gradient, gradient.T, 255 - gradient], axis=-1)]
+    paths = []
+    for number, array in enumerate(arrays):
+        path = folder / f"image{number}.jpg"
+        Image.fromarray(array).save(path)
+        paths.append(str(path))
+    return paths

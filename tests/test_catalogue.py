@@ -44,8 +44,8 @@ def test_parquet_round_trip_with_images(tmp_path):
                       "price": [1.5, 2.0]})
     pq.write_table(table, tmp_path / "l.parquet")
     catalogue = LabelCatalogue.from_file(tmp_path / "l.parquet")
-    assert catalogue.images == [str((tmp_path / "img/a.jpg").resolve()), None]
-    assert catalogue.items()[0] == {"text": "red shoe", "image": catalogue.images[0]}
+    assert catalogue.images == [[str((tmp_path / "img/a.jpg").resolve())], []]
+    assert catalogue.items()[0] == {"text": "red shoe", "images": catalogue.images[0]}
     assert catalogue.items()[1] == "blue hat"
     again = LabelCatalogue.from_arrow(catalogue.to_arrow(), source="x")
     assert again.ids == catalogue.ids and again.images == catalogue.images
@@ -97,6 +97,16 @@ def test_missing_file_and_unknown_type(tmp_path):
     (tmp_path / "l.txt").write_text("x")
     with pytest.raises(CatalogueError, match="unknown file type '.txt'"):
         LabelCatalogue.from_file(tmp_path / "l.txt")
+
+
+def test_images_lists_and_bad_image_fields(tmp_path):
+    path = write_jsonl(tmp_path / "l.jsonl", [{"id": 1, "text": "a", "image": "x.jpg", "images": ["y.jpg"]},
+                                               {"id": 2, "text": "b"}])
+    catalogue = LabelCatalogue.from_file(path)
+    assert catalogue.images == [[str(tmp_path / "x.jpg"), str(tmp_path / "y.jpg")], []]
+    write_jsonl(path, [{"id": 1, "text": "a", "images": "y.jpg"}])
+    with pytest.raises(CatalogueError, match=r"l\.jsonl:1: field 'images' must be a list"):
+        LabelCatalogue.from_file(path)
 
 
 def test_concat_refuses_existing_ids_and_take_selects_rows():

@@ -1,7 +1,7 @@
 """The label catalogue: what an index retrieves.
 
-Each label has an ``id`` (int or str, unique), a non-empty ``text``, an optional ``image`` path and any number of
-metadata fields. Catalogues are read from JSONL (optionally gzipped), CSV or Parquet; every validation error
+Each label has an ``id`` (int or str, unique), a non-empty ``text``, optional ``image``/``images`` paths and any
+number of metadata fields. Catalogues are read from JSONL (optionally gzipped), CSV or Parquet; every validation error
 names the file and the line (or Parquet row) it comes from.
 """
 
@@ -101,6 +101,27 @@ def _check_id(value: Any, where: str, field: str, from_text: bool) -> LabelId:
     raise CatalogueError(f"{where}: field {field!r} must be an int or a string, got {type(value).__name__}")
 
 
+def image_paths(record: dict, image_field: str, where: str, image_root: Path | None) -> list[str]:
+    """``image`` (a path) and/or ``images`` (a list of paths), resolved against the catalogue file's folder."""
+    values = []
+    single = record.get(image_field)
+    if single not in (None, ""):
+        values.append(single)
+    many = record.get("images")
+    if many is not None:
+        if not isinstance(many, list):
+            raise CatalogueError(f"{where}: field 'images' must be a list of paths")
+        values.extend(many)
+    paths = []
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise CatalogueError(f"{where}: image paths must be non-empty strings, got {value!r}")
+        if image_root is not None and not Path(value).is_absolute():
+            value = str((image_root / value).resolve())
+        paths.append(value)
+    return paths
+
+
 def _rows_to_table(rows: list[dict], source: str) -> pa.Table:
     """Metadata rows to a table; a field absent from some rows is null there."""
     names = list(dict.fromkeys(name for row in rows for name in row))
@@ -123,7 +144,7 @@ class LabelCatalogue:
         self,
         ids: Sequence[LabelId],
         texts: Sequence[str],
-        images: Sequence[str | None] | None = None,
+        images: Sequence[Sequence[str]] | None = None,
         metadata: pa.Table | None = None,
         source: str = "<catalogue>",
     ) -> None:
@@ -133,7 +154,7 @@ class LabelCatalogue:
             raise CatalogueError(f"{source}: metadata has {metadata.num_rows} rows for {len(ids)} labels")
         self.ids: list[LabelId] = list(ids)
         self.texts: list[str] = list(texts)
-        self.images: list[str | None] | None = list(images) if images is not None else None
+        self.images: list[list[str]] | None = [list(row) for row in images] if images is not None else None
         self.metadata = metadata
         self.source = source
         self._position: dict[LabelId, int] | None = None
@@ -192,10 +213,10 @@ class LabelCatalogue:
         """Build a catalogue from dicts (or ``(location, dict)`` pairs), validating every row."""
         ids: list[LabelId] = []
         texts: list[str] = []
-        images: list[str | None] = []
+        images: list[list[str]] = []
         extras: list[dict] = []
         seen: dict[LabelId, str] = {}
-        reserved = {id_field, text_field, image_field}
+        reserved = {id_field, text_field, image_field, "images"}
         for number, item in enumerate(records):
             where, record = item if isinstance(item, tuple) else (f"{source}: record {number}", item)
             if id_field == ROW_ID:
@@ -209,14 +230,7 @@ class LabelCatalogue:
             if not isinstance(text, str) or not text.strip():
                 state = "missing" if text is None else "empty" if isinstance(text, str) else "not a string"
                 raise CatalogueError(f"{where}: field {text_field!r} is {state}")
-            image = record.get(image_field)
-            if image is not None and image != "":
-                if not isinstance(image, str):
-                    raise CatalogueError(f"{where}: field {image_field!r} must be a path string")
-                if image_root is not None and not Path(image).is_absolute():
-                    image = str((image_root / image).resolve())
-            else:
-                image = None
+            image_list = image_paths(record, image_field, where, image_root)
             if metadata_fields is None:
                 extra = {key: value for key, value in record.items() if key not in reserved}
             else:
@@ -226,7 +240,7 @@ class LabelCatalogue:
                 extra = {name: record[name] for name in metadata_fields}
             ids.append(label_id)
             texts.append(text)
-            images.append(image)
+            images.append(image_list)
             extras.append(extra)
         if not ids:
             raise CatalogueError(f"{source}: the catalogue is empty")
@@ -236,7 +250,7 @@ class LabelCatalogue:
             first_str = next(seen[i] for i in ids if isinstance(i, str))
             raise CatalogueError(f"{first_str}: ids mix ints and strings; use one type for every label")
         metadata = _rows_to_table(extras, source) if any(extras) else None
-        has_images = any(image is not None for image in images)
+        has_images = any(images)
         return cls(ids, texts, images if has_images else None, metadata, source)
 
     # ---- access -------------------------------------------------------------------------------------------
@@ -247,12 +261,12 @@ class LabelCatalogue:
         return f"LabelCatalogue({len(self)} labels from {self.source})"
 
     def items(self) -> list[str | dict]:
-        """What an encoder encodes for each label: the text, or ``{"text", "image"}`` when it has an image."""
+        """What an encoder encodes for each label: the text, or ``{"text", "images"}`` when it has images."""
         if self.images is None:
             return list(self.texts)
         return [
-            text if image is None else {"text": text, "image": image}
-            for text, image in zip(self.texts, self.images, strict=True)
+            {"text": text, "images": images} if images else text
+            for text, images in zip(self.texts, self.images, strict=True)
         ]
 
     def position(self, label_id: LabelId) -> int:
@@ -282,7 +296,7 @@ class LabelCatalogue:
                                  f"{type(self.ids[0]).__name__}")
         images = None
         if self.images is not None or other.images is not None:
-            images = (self.images or [None] * len(self)) + (other.images or [None] * len(other))
+            images = (self.images or [[] for _ in self.ids]) + (other.images or [[] for _ in other.ids])
         metadata = None
         if self.metadata is not None or other.metadata is not None:
             metadata = _rows_to_table(_metadata_rows(self) + _metadata_rows(other), other.source)
@@ -298,10 +312,10 @@ class LabelCatalogue:
 
     # ---- storage ------------------------------------------------------------------------------------------
     def to_arrow(self) -> pa.Table:
-        """Columns ``id``, ``text``, optional ``image``, then the metadata fields."""
+        """Columns ``id``, ``text``, optional ``images`` (list of paths), then the metadata fields."""
         columns: dict[str, pa.Array] = {"id": pa.array(self.ids), "text": pa.array(self.texts, pa.string())}
         if self.images is not None:
-            columns["image"] = pa.array(self.images, pa.string())
+            columns["images"] = pa.array(self.images, pa.list_(pa.string()))
         table = pa.table(columns)
         if self.metadata is not None:
             for name in self.metadata.column_names:
@@ -313,8 +327,8 @@ class LabelCatalogue:
     @classmethod
     def from_arrow(cls, table: pa.Table, source: str) -> LabelCatalogue:
         """Inverse of :meth:`to_arrow`."""
-        core = {"id", "text", "image"}
+        core = {"id", "text", "images"}
         extra = [name for name in table.column_names if name not in core]
-        images = table.column("image").to_pylist() if "image" in table.column_names else None
+        images = table.column("images").to_pylist() if "images" in table.column_names else None
         metadata = table.select(extra) if extra else None
         return cls(table.column("id").to_pylist(), table.column("text").to_pylist(), images, metadata, source)

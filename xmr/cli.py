@@ -106,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     propensity = tuple(args.propensity) if args.propensity else PROPENSITY_PRESETS[args.propensity_preset]
     result = evaluate(load_index(args.index), args.test, ks=args.k, propensity=propensity, train=args.train,
                       filter_labels=args.filter, group_by=args.group_by, batch_size=args.batch_size,
-                      **_search_params(args))
+                      modality=args.modality, **_search_params(args))
     if args.out:
         folder = write_run(result, args.out)
         print(f"wrote {folder}/metrics.json, report.md, p_at_k.png, p_by_decile.png")
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--propensity-preset", choices=["default", "amazon", "wikipedia"], default="default")
     evaluation.add_argument("--group-by", help="record field to report per group (e.g. subset)")
     evaluation.add_argument("--batch-size", type=int, default=1024, help="queries encoded and searched at once")
+    evaluation.add_argument("--modality", choices=["all", "text", "image"], default="all",
+                            help="for queries with images: text+image, text only, or image only")
     evaluation.add_argument("--out", help="run folder for metrics.json, report.md and plots")
     evaluation.add_argument("--compare", nargs="+", metavar="RUN", help="print run folders side by side")
     _add_search_options(evaluation)

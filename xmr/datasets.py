@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xmr.catalogue import ROW_ID, LabelCatalogue, LabelId, iter_jsonl, open_text
+from xmr.catalogue import ROW_ID, LabelCatalogue, LabelId, image_paths, iter_jsonl, open_text
 from xmr.errors import CatalogueError
 
 
@@ -31,15 +31,32 @@ class Instances:
     labels: list[list[LabelId]]
     extra: list[dict[str, Any]] = field(default_factory=list)
     source: str = "<instances>"
+    images: list[list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def items(self, modality: str = "all") -> list[Any]:
+        """Queries for an encoder: ``all`` = text plus images where present, ``text`` only, or ``image`` only."""
+        if modality not in ("all", "text", "image"):
+            raise ValueError(f"modality must be all, text or image, got {modality!r}")
+        if modality == "text" or self.images is None:
+            if modality == "image":
+                raise CatalogueError(f"{self.source}: image-only queries asked for, but the queries have no images")
+            return list(self.texts)
+        if modality == "image":
+            missing = [row for row, images in enumerate(self.images) if not images]
+            if missing:
+                raise CatalogueError(f"{self.source}: query {missing[0]} has no image for an image-only run")
+            return [{"images": images} for images in self.images]
+        return [{"text": text, "images": images} if images else text
+                for text, images in zip(self.texts, self.images, strict=True)]
 
     def subset(self, rows: list[int], name: str) -> Instances:
         """Only the given rows (e.g. one ``subset`` of the ESCO benchmark)."""
         return Instances([self.ids[r] for r in rows], [self.texts[r] for r in rows],
                          [self.labels[r] for r in rows], [self.extra[r] for r in rows] if self.extra else [],
-                         f"{self.source}[{name}]")
+                         f"{self.source}[{name}]", [self.images[r] for r in rows] if self.images else None)
 
 
 def _is_lf_raw(path: Path) -> bool:
@@ -72,7 +89,7 @@ def _check_labels(value: Any, where: str, labels_field: str) -> list[LabelId]:
 
 
 def _read_xmr_jsonl(path: Path, text_field: str, labels_field: str) -> Instances:
-    ids, texts, labels, extra = [], [], [], []
+    ids, texts, labels, extra, images = [], [], [], [], []
     for where, record in iter_jsonl(path):
         text = record.get(text_field)
         if not isinstance(text, str) or not text.strip():
@@ -80,10 +97,12 @@ def _read_xmr_jsonl(path: Path, text_field: str, labels_field: str) -> Instances
         ids.append(record.get("id", len(ids)))
         texts.append(text)
         labels.append(_check_labels(record.get(labels_field), where, labels_field))
-        extra.append({key: value for key, value in record.items() if key not in ("id", text_field, labels_field)})
+        images.append(image_paths(record, "image", where, path.parent))
+        extra.append({key: value for key, value in record.items()
+                      if key not in ("id", text_field, labels_field, "image", "images")})
     if not texts:
         raise CatalogueError(f"{path}: no instances")
-    return Instances(ids, texts, labels, extra, str(path))
+    return Instances(ids, texts, labels, extra, str(path), images if any(images) else None)
 
 
 def read_xmc_lf(path: str | Path, use_content: bool = False) -> Instances:

@@ -43,7 +43,7 @@ def truth_as_internal_ids(index: LabelIndex, labels: Sequence[Sequence[LabelId]]
     return mapped, occurrences
 
 
-def predict(index: LabelIndex, queries: Sequence[str] | np.ndarray, k: int, batch_size: int = 1024,
+def predict(index: LabelIndex, queries: Sequence[Any] | np.ndarray, k: int, batch_size: int = 1024,
             exclude: Mapping[int, set[int]] | None = None, **search_params: int) -> tuple[np.ndarray, dict[str, float]]:
     """Top-k internal label ids per query, encoded and searched batch by batch.
 
@@ -116,6 +116,7 @@ def evaluate(
     group_by: str | None = None,
     batch_size: int = 1024,
     query_vectors: np.ndarray | None = None,
+    modality: str = "all",
     **search_params: int,
 ) -> dict[str, Any]:
     """Score ``index`` on labelled queries; returns every metric, curves, deciles, groups and timings.
@@ -124,7 +125,8 @@ def evaluate(
     propensities with ``propensity=(A, B)``) and for the frequency deciles; without it PS metrics are omitted and
     deciles use test counts. ``filter_labels`` (file or row -> label ids) removes reciprocal (query, label) pairs
     from predictions and truth. ``group_by`` names a record field (e.g. ESCO's ``subset``) to report per group.
-    ``query_vectors`` (row i = query i) replaces encoding the query texts.
+    ``query_vectors`` (row i = query i) replaces encoding the queries. ``modality`` picks what a query is when
+    the data has images: ``all`` (text and images), ``text`` or ``image``.
     """
     started = time.perf_counter()
     instances = dataset if isinstance(dataset, Instances) else read_instances(dataset)
@@ -138,7 +140,7 @@ def evaluate(
             internal = {index.internal_id(label) for label in label_ids if label in index.catalogue}
             exclude[row] = internal
             truth[row] = truth[row][~np.isin(truth[row], list(internal))]
-    queries = instances.texts if query_vectors is None else query_vectors
+    queries = instances.items(modality) if query_vectors is None else query_vectors
     if len(queries) != len(instances):
         raise ValueError(f"{len(queries)} query vectors for {len(instances)} queries")
     predictions, timings = predict(index, queries, depth, batch_size, exclude, **search_params)
@@ -173,6 +175,7 @@ def evaluate(
     return {
         "dataset": instances.source,
         "queries": len(instances),
+        "modality": modality if instances.images else "text",
         "index": str(index.path) if index.path else None,
         "encoder": index.manifest["encoder"],
         "faiss": index.manifest["faiss"]["factory"],

@@ -7,15 +7,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from xmr.encoders.base import ENCODER_TYPES, Encoder, Item, item_texts, register_encoder
+from xmr.encoders.base import ENCODER_FILE, ENCODER_TYPES, FOLDER_PATH_KEYS, Encoder, Item, item_texts, register_encoder
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL
+from xmr.encoders.decoder import BUNDLED_DECODERS as DECODER_ALIASES
+from xmr.encoders.decoder import DecoderEncoder
+from xmr.encoders.fusion import FusedEncoder
 from xmr.encoders.sentence_transformer import SentenceTransformerEncoder
 from xmr.errors import EncoderError
 
 __all__ = [
     "DEFAULT_TEXT_MODEL",
+    "DecoderEncoder",
     "ENCODER_TYPES",
     "Encoder",
+    "FusedEncoder",
     "Item",
     "SentenceTransformerEncoder",
     "item_texts",
@@ -25,10 +30,11 @@ __all__ = [
 
 
 def load_encoder(spec: str | Path | Mapping[str, Any] | Encoder = DEFAULT_TEXT_MODEL, **options: Any) -> Encoder:
-    """Build an encoder from a config dict, a ``.json`` config file, or a model name / local folder.
+    """Build an encoder from a config dict, a ``.json`` config file, an encoder folder, or a model name.
 
-    A bare name or folder means a sentence-transformers model; ``all-MiniLM-L6-v2`` resolves offline to the
-    bundled copy. ``options`` override config keys (e.g. ``batch_size=128``, ``device="cuda"``).
+    An encoder folder holds ``xmr_encoder.json`` (paths in it are relative to the folder). A bare name or model
+    folder means a sentence-transformers model (``all-MiniLM-L6-v2`` resolves offline to the bundled copy);
+    ``smollm2-135m`` is the bundled decoder LLM. ``options`` override config keys (e.g. ``batch_size=128``).
     """
     if isinstance(spec, Encoder):
         if options:
@@ -37,10 +43,16 @@ def load_encoder(spec: str | Path | Mapping[str, Any] | Encoder = DEFAULT_TEXT_M
     if isinstance(spec, Mapping):
         config = dict(spec)
     elif str(spec).endswith(".json") and Path(spec).is_file():
-        try:
-            config = json.loads(Path(spec).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise EncoderError(f"{spec}: bad JSON in encoder config (line {error.lineno}): {error.msg}") from None
+        config = _read_config(Path(spec))
+    elif (Path(spec) / ENCODER_FILE).is_file():
+        folder = Path(spec)
+        config = _read_config(folder / ENCODER_FILE)
+        for key in FOLDER_PATH_KEYS:
+            value = config.get(key)
+            if isinstance(value, str) and (folder / value).exists():
+                config[key] = str((folder / value).resolve())
+    elif str(spec) in DECODER_ALIASES:
+        config = {"type": DecoderEncoder.type_name, "model": str(spec)}
     else:
         config = {"type": SentenceTransformerEncoder.type_name, "model": str(spec)}
     config.update(options)
@@ -48,3 +60,10 @@ def load_encoder(spec: str | Path | Mapping[str, Any] | Encoder = DEFAULT_TEXT_M
     if type_name not in ENCODER_TYPES:
         raise EncoderError(f"unknown encoder type {type_name!r}; known: {sorted(ENCODER_TYPES)}")
     return ENCODER_TYPES[type_name].from_config(config)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise EncoderError(f"{path}: bad JSON in encoder config (line {error.lineno}): {error.msg}") from None

@@ -8,7 +8,8 @@ token-level vectors (late interaction) plug in as other ``output`` kinds with th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
@@ -19,6 +20,8 @@ from xmr.errors import EncoderError
 Item = str | Mapping[str, Any]
 
 ENCODER_TYPES: dict[str, type[Encoder]] = {}
+ENCODER_FILE = "xmr_encoder.json"  # the config inside an encoder folder (trained or saved encoders)
+FOLDER_PATH_KEYS = ("model", "adapter", "projection_file", "text")  # config paths that are relative to that folder
 
 
 def register_encoder(type_name: str):
@@ -93,3 +96,17 @@ def item_texts(items: Sequence[Item], encoder_name: str) -> list[str]:
             raise EncoderError(f"item {position} {reason}; encoder {encoder_name!r} encodes text only")
         texts.append(text)
     return texts
+
+
+@contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" bar (noise on every query); restore the user's setting."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from xmr.encoders.base import Encoder, Item, item_texts, register_encoder
+from xmr.encoders.base import Encoder, Item, item_texts, quiet_weight_loading, register_encoder
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, canonical_model_name, resolve_model_location
 from xmr.errors import EncoderError
 
 PROGRESS_THRESHOLD = 2048  # show a progress bar for encode calls at least this long
-
-
-@contextmanager
-def _quiet_weight_loading() -> Iterator[None]:
-    """Hide transformers' per-load "Loading weights" bar (noise on every query); restore the user's setting."""
-    from transformers.utils import logging as transformers_logging
-
-    was_enabled = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            transformers_logging.enable_progress_bar()
 
 
 @register_encoder("sentence-transformers")
@@ -61,7 +46,7 @@ class SentenceTransformerEncoder(Encoder):
         self.trust_remote_code = trust_remote_code
         location = resolve_model_location(model)
         try:
-            with _quiet_weight_loading():
+            with quiet_weight_loading():
                 self.model = SentenceTransformer(location, device=device, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
             raise EncoderError(f"cannot load sentence-transformers model {model!r} from {location}: {error}") from None

@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import xmr
+from xmr.encoders.pooling import last_token_pool, mean_pool
+from xmr.errors import EncoderError
+
+TEXTS = ["python sql engineer", "cook", "drive forklift truck operate machine", "music teach children"]
+
+
+def test_pooling_ignores_padding():
+    hidden = torch.tensor([[[1.0], [3.0], [100.0]], [[100.0], [2.0], [4.0]]])
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
+    assert mean_pool(hidden, mask).squeeze(-1).tolist() == [2.0, 3.0]
+    assert last_token_pool(hidden, mask).squeeze(-1).tolist() == [3.0, 4.0]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last_token"])
+def test_left_and_right_padding_give_identical_vectors(tiny_decoder, pooling):
+    right = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "pooling": pooling,
+                              "padding_side": "right", "batch_size": 4})
+    left = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "pooling": pooling,
+                             "padding_side": "left", "batch_size": 4})
+    np.testing.assert_allclose(right.encode_labels(TEXTS), left.encode_labels(TEXTS), atol=1e-5)
+    # and a padded batch equals encoding each text alone
+    alone = np.vstack([right.encode_labels([text]) for text in TEXTS])
+    np.testing.assert_allclose(right.encode_labels(TEXTS), alone, atol=1e-5)
+
+
+def test_templates_eos_truncation_and_pooling_choice(tiny_decoder):
+    encoder = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "max_length": 4,
+                                "query_template": "this : {text}"})
+    ids = encoder.token_ids(["python sql engineer cook food"], encoder.query_template)[0]
+    assert len(ids) == 4 and ids[-1] == encoder.tokenizer.eos_token_id  # truncated, EOS kept
+    queries, labels = encoder.encode_queries(TEXTS), encoder.encode_labels(TEXTS)
+    assert not np.allclose(queries, labels)  # the query template applies to queries only
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, rtol=1e-5)
+    last = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "pooling": "last_token"})
+    assert not np.allclose(last.encode_labels(TEXTS), xmr.load_encoder(
+        {"type": "decoder-llm", "model": tiny_decoder}).encode_labels(TEXTS))
+    with pytest.raises(EncoderError, match="must contain"):
+        xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "query_template": "no slot"})
+    with pytest.raises(EncoderError, match="unknown pooling"):
+        xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "pooling": "max"})
+
+
+def test_config_round_trip_and_index(tiny_decoder, tmp_path):
+    encoder = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "projection_dim": 16})
+    assert encoder.dim == 16
+    again = xmr.load_encoder(json.loads(json.dumps(encoder.config())))
+    np.testing.assert_array_equal(again.encode_queries(TEXTS), encoder.encode_queries(TEXTS))
+    catalogue = xmr.LabelCatalogue.from_records([{"id": i, "text": t} for i, t in enumerate(TEXTS)])
+    xmr.build_index(catalogue, encoder, tmp_path / "ix")
+    index = xmr.load_index(tmp_path / "ix")
+    assert index.search([TEXTS[2]], k=1).label_ids(0) == [2]
+
+
+def test_encoder_folder_with_lora_adapter_and_projection(tiny_decoder, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    encoder = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "projection_dim": 8})
+    before = encoder.encode_labels(TEXTS)
+    lora = LoraConfig(r=4, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    encoder.backbone = get_peft_model(encoder.backbone, lora)
+    with torch.no_grad():  # stand-in for training: move the adapter and the projection away from their init
+        for name, parameter in encoder.backbone.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5)
+        encoder.projection.weight.mul_(-1.0)
+    trained = encoder.encode_labels(TEXTS)
+    assert not np.allclose(before, trained)
+    folder = encoder.save(tmp_path / "encoder")
+    assert (folder / "adapter" / "adapter_config.json").is_file() and (folder / "projection.safetensors").is_file()
+    loaded = xmr.load_encoder(str(folder))
+    np.testing.assert_allclose(loaded.encode_labels(TEXTS), trained, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bundled_smollm2_loads_offline_and_ranks_sensibly():
+    encoder = xmr.load_encoder("smollm2-135m")
+    assert encoder.dim == 576 and encoder.config()["model"] == "smollm2-135m"
+    labels = encoder.encode_labels(["operate forklift", "Python (computer programming)"])
+    queries = encoder.encode_queries(["forklift driving", "experience with python"])
+    assert (queries @ labels.T).argmax(axis=1).tolist() == [0, 1]
