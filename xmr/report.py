@@ -38,7 +38,8 @@ def render_report(result: dict[str, Any], name: str) -> str:
     lines = [
         f"# Evaluation: {name}",
         "",
-        f"- dataset: `{result['dataset']}` ({result['queries']} queries)",
+        f"- dataset: `{result['dataset']}` ({result['queries']} queries, "
+        f"query modality: {result.get('modality', 'text')})",
         f"- index: `{result['index']}` ({result['labels_in_index']} labels, FAISS `{result['faiss']}`, "
         f"search parameters {result['search_params'] or '{}'})",
         f"- encoder: `{result['encoder'].get('type')}` `{result['encoder'].get('model', '')}`",
