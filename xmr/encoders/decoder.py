@@ -196,9 +196,10 @@ class DecoderEncoder(Encoder):
         ids, mask = self._pad(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
-        return self._finish(pool(hidden, mask, self.pooling))
+        return self.finish(pool(hidden, mask, self.pooling))
 
-    def _finish(self, pooled: torch.Tensor) -> torch.Tensor:
+    def finish(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Projection (if any) and L2 normalisation of pooled states; fused encoders reuse it."""
         pooled = pooled.float()
         if self.projection is not None:
             pooled = self.projection(pooled)

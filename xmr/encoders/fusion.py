@@ -131,7 +131,7 @@ class FusedEncoder(Encoder):
         if isinstance(self.text_encoder, DecoderEncoder):
             hidden = self.network(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids(mask))
             pooled = pool(hidden.last_hidden_state, mask, self.text_encoder.pooling)
-            return self.text_encoder._finish(pooled).cpu().numpy()
+            return self.text_encoder.finish(pooled).cpu().numpy()
         hidden = self.network(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
         pooled = mean_pool(hidden, mask)
         if self.normalize:
