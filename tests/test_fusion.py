@@ -107,3 +107,26 @@ def test_coco_mini_real_images_end_to_end(tiny_model, tiny_clip, tmp_path, monke
         result = xmr.evaluate(index, SHARED / "test.jsonl", ks=(1, 5), modality=modality)
         assert result["queries"] == 79 and result["modality"] == modality
         assert 0.0 <= result["metrics"]["P@5"] <= 1.0
+
+
+def test_cli_queries_with_images(fused, images, tmp_path, capsys):
+    import json
+
+    from xmr.cli import main
+
+    catalogue = tmp_path / "labels.jsonl"
+    catalogue.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "red", "text": "python sql", "image": images[0]}, {"id": "plain", "text": "cook food"}]))
+    encoder_file = tmp_path / "encoder.json"
+    encoder_file.write_text(json.dumps(fused.config()))
+    out = str(tmp_path / "ix")
+    assert main(["build", "--labels", str(catalogue), "--encoder", str(encoder_file), "--out", out]) == 0
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"text": "python", "image": images[1]}) + "\n"
+                       + json.dumps({"image": images[0]}) + "\n")
+    capsys.readouterr()
+    assert main(["query", str(tmp_path / "ix"), "--file", str(queries), "--json", "-k", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and rows[1]["query"] == {"text": "", "images": [images[0]]}
+    assert main(["query", str(tmp_path / "ix"), "python", "--image", images[0], "-k", "2"]) == 0
+    assert "[image " in capsys.readouterr().out

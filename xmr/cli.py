@@ -42,16 +42,39 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(f"built {args.out}: {len(index)} labels, {index.dim}-d, {index.manifest['faiss']['structure']}")
 
 
-def _read_queries(args: argparse.Namespace) -> list[str]:
-    queries = list(args.queries)
+def _read_queries(args: argparse.Namespace) -> list[str | dict]:
+    """Texts from the command line (the first one with ``--image`` if given) and from ``--file``.
+
+    A ``.jsonl`` file holds ``{"text", "image"|"images"}`` objects (image paths relative to the file); any other
+    file holds one query text per line.
+    """
+    from xmr.catalogue import image_paths, iter_jsonl
+
+    queries: list[str | dict] = list(args.queries)
+    if args.image:
+        first = queries.pop(0) if queries else None
+        queries.insert(0, {"text": first, "images": [args.image]} if first else {"images": [args.image]})
     if args.file:
         path = Path(args.file)
         if not path.is_file():
             raise XMRError(f"{path}: no such query file")
-        queries += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.suffix == ".jsonl":
+            for where, record in iter_jsonl(path):
+                images = image_paths(record, "image", where, path.parent)
+                if not record.get("text") and not images:
+                    raise XMRError(f"{where}: a query needs 'text', 'image' or 'images'")
+                queries.append({"text": record.get("text", ""), "images": images} if images else record["text"])
+        else:
+            queries += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not queries:
-        raise XMRError("no queries: give query texts or --file FILE")
+        raise XMRError("no queries: give query texts, --image IMAGE or --file FILE")
     return queries
+
+
+def _describe_query(query: str | dict) -> str:
+    if isinstance(query, str):
+        return query
+    return " + ".join(part for part in (query.get("text"), *(f"[image {p}]" for p in query["images"])) if part)
 
 
 def cmd_query(args: argparse.Namespace) -> None:
@@ -64,7 +87,7 @@ def cmd_query(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))
             continue
-        print(("\n" if number else "") + query)
+        print(("\n" if number else "") + _describe_query(query))
         for rank, hit in enumerate(hits, start=1):
             print(f"  {rank:>3}. {hit['score']:.4f}  [{hit['id']}] {hit['text']}")
 
@@ -149,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("index", help="index folder")
     query.add_argument("queries", nargs="*", help="query texts")
     query.add_argument("-k", type=int, default=10)
-    query.add_argument("--file", help="text file with one query per line")
+    query.add_argument("--file", help="one query text per line, or .jsonl with text/image/images per line")
+    query.add_argument("--image", help="image for the first query text (or an image-only query); fused encoders")
     query.add_argument("--json", action="store_true", help="one JSON object per query")
     query.add_argument("--no-verify", action="store_true", help="skip checksum verification")
     _add_search_options(query)
