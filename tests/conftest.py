@@ -71,22 +71,24 @@ def labels_file(tmp_path) -> Path:
     return path
 
 
-def tiny_llama(folder: Path) -> Path:
-    """A 2-layer, 32-d random Llama causal LM with a word-level tokenizer, saved like any HF checkpoint."""
+def tiny_llama(folder: Path, architecture: str = "llama") -> Path:
+    """A 2-layer, 32-d random causal LM (Llama or Qwen2) with a word-level tokenizer, saved like any HF checkpoint."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     vocab = {token: number for number, token in enumerate(["<pad>", "<unk>", "<s>", "</s>", *WORDS, ":", "this"])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
                                         pad_token="<pad>", unk_token="<unk>")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    config_class, model_class = {"llama": (LlamaConfig, LlamaForCausalLM),
+                                 "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[architecture]
+    config = config_class(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                          pad_token_id=0, bos_token_id=2, eos_token_id=3)
     torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    model_class(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -94,6 +96,11 @@ def tiny_llama(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_decoder(tmp_path_factory) -> str:
     return str(tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory) -> str:
+    return str(tiny_llama(tmp_path_factory.mktemp("tiny-qwen2"), architecture="qwen2"))
 
 
 TINY_CLIP = {

@@ -18,11 +18,13 @@ def test_pooling_ignores_padding():
     assert last_token_pool(hidden, mask).squeeze(-1).tolist() == [3.0, 4.0]
 
 
+@pytest.mark.parametrize("architecture", ["tiny_decoder", "tiny_qwen"])
 @pytest.mark.parametrize("pooling", ["mean", "last_token"])
-def test_left_and_right_padding_give_identical_vectors(tiny_decoder, pooling):
-    right = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "pooling": pooling,
+def test_left_and_right_padding_give_identical_vectors(request, architecture, pooling):
+    model = request.getfixturevalue(architecture)
+    right = xmr.load_encoder({"type": "decoder-llm", "model": model, "pooling": pooling,
                               "padding_side": "right", "batch_size": 4})
-    left = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "pooling": pooling,
+    left = xmr.load_encoder({"type": "decoder-llm", "model": model, "pooling": pooling,
                              "padding_side": "left", "batch_size": 4})
     np.testing.assert_allclose(right.encode_labels(TEXTS), left.encode_labels(TEXTS), atol=1e-5)
     # and a padded batch equals encoding each text alone
