@@ -19,7 +19,6 @@ from xmr.catalogue import LabelId
 from xmr.datasets import Instances, read_filter_pairs, read_instances, read_label_lists
 from xmr.index import LabelIndex
 
-DEFAULT_KS = (1, 3, 5, 10)
 DECILE_K = 5
 
 
@@ -98,14 +97,6 @@ def ranking_metrics(pred: np.ndarray, truth: list[np.ndarray], ks: Sequence[int]
     return values
 
 
-def _label_counts(truth: Sequence[np.ndarray], size: int) -> np.ndarray:
-    counts = np.zeros(size, dtype=np.int64)
-    for labels in truth:
-        labels = np.unique(labels[(labels >= 0) & (labels < size)])
-        counts[labels] += 1
-    return counts
-
-
 def evaluate(
     index: LabelIndex,
     dataset: Instances | str | Path,
@@ -150,12 +141,12 @@ def evaluate(
     if train is not None:
         train_labels = train.labels if isinstance(train, Instances) else read_label_lists(train)
         train_truth, _ = truth_as_internal_ids(index, train_labels)
-        counts = _label_counts(train_truth, table_size)
-        clean = [labels[labels < table_size] for labels in train_truth]
+        clean = [labels[labels < table_size] for labels in train_truth]  # labels missing from the index
+        counts = m.label_counts(clean, table_size)
         inv_propensity = m.inverse_propensity(clean, table_size, *propensity)
         counts_from = "train"
     else:
-        counts = _label_counts(truth, table_size)
+        counts = m.label_counts([labels[labels < table_size] for labels in truth], table_size)
         counts_from = "test"
 
     curve_ks = list(range(1, depth + 1))

@@ -51,11 +51,13 @@ def hits(pred: np.ndarray, truth: Truth | list[np.ndarray], k: int) -> Hits:
     if len(lists) != len(pred):
         raise ValueError(f"{len(pred)} prediction rows but {len(lists)} ground-truth rows")
     top = pred[:, :k]
-    matrix = np.zeros(top.shape, dtype=bool)
-    for row, true in enumerate(lists):
-        if len(true):
-            matrix[row] = np.isin(top[row], true) & (top[row] >= 0)
-    counts = np.array([len(np.unique(true)) for true in lists], dtype=np.int64)
+    # one vectorised membership test: (row, label) pairs encoded as row * stride + label
+    flat_truth = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+    truth_rows = np.repeat(np.arange(len(lists)), [len(true) for true in lists])
+    stride = int(max(top.max(initial=0), flat_truth.max(initial=0))) + 1
+    truth_keys = np.unique(truth_rows * stride + flat_truth)
+    matrix = np.isin(np.arange(len(top))[:, None] * stride + top, truth_keys) & (top >= 0)
+    counts = np.bincount(truth_keys // stride, minlength=len(lists)).astype(np.int64)
     return Hits(matrix, counts, top, lists)
 
 
@@ -110,6 +112,17 @@ def mrr(pred: np.ndarray, truth: Truth, k: int | None = None) -> float:
 
 
 # ---- propensity-scored metrics ---------------------------------------------------------------------------------
+def label_counts(truth: Truth, n_labels: int) -> np.ndarray:
+    """How many queries have each label (each label counted once per query)."""
+    counts = np.zeros(n_labels, dtype=np.int64)
+    for labels in truth_lists(truth):
+        labels = np.unique(labels)
+        if len(labels) and (labels.min() < 0 or labels.max() >= n_labels):
+            raise ValueError(f"label id outside 0..{n_labels - 1}")
+        counts[labels] += 1
+    return counts
+
+
 def inverse_propensity(train_truth: Truth, n_labels: int, A: float = 0.55, B: float = 1.5) -> np.ndarray:
     """Jain et al. (2016) inverse propensities 1/p_l, counted on the TRAIN split.
 
@@ -117,14 +130,8 @@ def inverse_propensity(train_truth: Truth, n_labels: int, A: float = 0.55, B: fl
     N_l = training instances with label l. Presets: ``PROPENSITY_PRESETS`` (0.55/1.5 default, 0.6/2.6 Amazon,
     0.5/0.4 Wikipedia).
     """
-    lists = truth_lists(train_truth)
-    counts = np.zeros(n_labels, dtype=np.float64)
-    for labels in lists:
-        labels = np.unique(labels)
-        if len(labels) and (labels.min() < 0 or labels.max() >= n_labels):
-            raise ValueError(f"training label id outside 0..{n_labels - 1}")
-        counts[labels] += 1
-    n = len(lists)
+    counts = label_counts(train_truth, n_labels)
+    n = len(truth_lists(train_truth))
     c = (np.log(n) - 1.0) * (B + 1.0) ** A
     return 1.0 + c * np.exp(-A * np.log(counts + B))
 
