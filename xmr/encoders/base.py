@@ -10,11 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from xmr.errors import EncoderError
+from xmr.errors import EncoderError, UnsupportedOperation
+
+if TYPE_CHECKING:
+    import torch
 
 # A query or label: plain text, or a mapping with "text" and optionally "image"/"images" (paths).
 Item = str | Mapping[str, Any]
@@ -71,6 +75,23 @@ class Encoder(ABC):
             return cls(**options)
         except TypeError as error:
             raise EncoderError(f"encoder config for type {cls.type_name!r} is invalid: {error}") from None
+
+    # ---- training (``xmr.train``): encoders that can learn implement these ------------------------------------
+    def embed(self, items: Sequence[Item], side: str) -> torch.Tensor:
+        """Differentiable vectors for ``side`` ("query" or "label"), ``(len(items), dim)`` on the model's device."""
+        raise UnsupportedOperation(f"encoder type {self.type_name!r} cannot be trained")
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Trainable parameters by group (``"encoder"``, ``"projection"``), each may get its own learning rate."""
+        raise UnsupportedOperation(f"encoder type {self.type_name!r} cannot be trained")
+
+    def train_mode(self, training: bool) -> None:
+        """Switch dropout etc. on (``True``) for training or off for encoding."""
+        raise UnsupportedOperation(f"encoder type {self.type_name!r} cannot be trained")
+
+    def save(self, folder: str | Path) -> Path:
+        """Write an encoder folder (``xmr_encoder.json`` + weights) that ``load_encoder(folder)`` rebuilds."""
+        raise UnsupportedOperation(f"encoder type {self.type_name!r} cannot be saved as a folder")
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that determines the vectors (what an index must match)."""

@@ -192,6 +192,10 @@ class DecoderEncoder(Encoder):
     @torch.inference_mode()
     def embed_token_ids(self, sequences: list[list[int]]) -> torch.Tensor:
         """Pooled (projected, normalised) vectors for a batch of token id lists."""
+        return self.forward_token_ids(sequences)
+
+    def forward_token_ids(self, sequences: list[list[int]]) -> torch.Tensor:
+        """As :meth:`embed_token_ids`, keeping the autograd graph (training)."""
         ids, mask = self._pad(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
         hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
@@ -224,6 +228,21 @@ class DecoderEncoder(Encoder):
 
     def encode_labels(self, items: Sequence[Item]) -> np.ndarray:
         return self._encode(items, self.label_template)
+
+    def embed(self, items: Sequence[Item], side: str) -> torch.Tensor:
+        template = self.query_template if side == "query" else self.label_template
+        return self.forward_token_ids(self.token_ids(item_texts(items, self.model_name), template))
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        groups = {"encoder": [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]}
+        if self.projection is not None:
+            groups["projection"] = list(self.projection.parameters())
+        return groups
+
+    def train_mode(self, training: bool) -> None:
+        self.backbone.train(training)
+        if self.projection is not None:
+            self.projection.train(training)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -111,7 +111,11 @@ class FusedEncoder(Encoder):
 
     @torch.inference_mode()
     def _embed_fused(self, sequences: list[list[int]], image_vectors: list[np.ndarray]) -> np.ndarray:
-        """Forward sequences whose ``-1`` slots take the projected image vectors, in order."""
+        """Vectors of sequences whose ``-1`` slots take the projected image vectors, in order."""
+        return self._forward_fused(sequences, image_vectors).cpu().numpy()
+
+    def _forward_fused(self, sequences: list[list[int]], image_vectors: list[np.ndarray]) -> torch.Tensor:
+        """As :meth:`_embed_fused`, keeping the autograd graph (training)."""
         width = max(len(sequence) for sequence in sequences)
         embed_tokens = self.network.get_input_embeddings()
         left = isinstance(self.text_encoder, DecoderEncoder) and self.text_encoder.padding_side == "left"
@@ -131,24 +135,45 @@ class FusedEncoder(Encoder):
         if isinstance(self.text_encoder, DecoderEncoder):
             hidden = self.network(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids(mask))
             pooled = pool(hidden.last_hidden_state, mask, self.text_encoder.pooling)
-            return self.text_encoder.finish(pooled).cpu().numpy()
+            return self.text_encoder.finish(pooled)
         hidden = self.network(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
-        pooled = mean_pool(hidden, mask)
+        pooled = mean_pool(hidden, mask).float()
         if self.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.float().cpu().numpy()
+        return pooled
+
+    def _item_images(self, parts: list[tuple[str, list[str]]]) -> list[np.ndarray]:
+        """Image-tower vectors of each item's readable images (at most ``max_images``; may be none)."""
+        paths = [path for _, images in parts for path in images[: self.max_images]]
+        vectors, found = self.tower.embed(paths, skip_missing=self.skip_missing_images) if paths else (None, None)
+        kept_per_item, cursor = [], 0
+        for _, images in parts:
+            count = len(images[: self.max_images])
+            kept_per_item.append(vectors[cursor:cursor + count][found[cursor:cursor + count]] if count
+                                 else np.zeros((0, self.tower.dim), dtype=np.float32))
+            cursor += count
+        return kept_per_item
+
+    def embed(self, items: Sequence[Item], side: str) -> torch.Tensor:
+        """Differentiable vectors; text-only items take the same fused path with no image slots."""
+        parts = [item_parts(item) for item in items]
+        images = self._item_images(parts)
+        sequences = [self._sequence(text, len(kept), side) for (text, _), kept in zip(parts, images, strict=True)]
+        return self._forward_fused(sequences, images)
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {"encoder": self.text_encoder.parameter_groups()["encoder"],
+                "projection": list(self.projection.parameters())}
+
+    def train_mode(self, training: bool) -> None:
+        self.text_encoder.train_mode(training)
+        self.projection.train(training)
 
     def _encode(self, items: Sequence[Item], side: str) -> np.ndarray:
         parts = [item_parts(item) for item in items]
-        paths = [path for _, images in parts for path in images[: self.max_images]]
-        vectors, found = self.tower.embed(paths, skip_missing=self.skip_missing_images) if paths else (None, None)
         output = np.zeros((len(parts), self.dim), dtype=np.float32)
         text_rows, fused_rows, fused_images = [], [], []
-        cursor = 0
-        for row, (_, images) in enumerate(parts):
-            count = len(images[: self.max_images])
-            kept = vectors[cursor:cursor + count][found[cursor:cursor + count]] if count else np.zeros((0, 0))
-            cursor += count
+        for row, kept in enumerate(self._item_images(parts)):
             if len(kept):
                 fused_rows.append(row)
                 fused_images.append(kept)
@@ -212,8 +237,7 @@ class FusedEncoder(Encoder):
         config = self.config()
         save_file({k: v.contiguous().cpu() for k, v in self.projection.state_dict().items()}, folder / PROJECTION_FILE)
         config["projection_file"] = PROJECTION_FILE
-        if isinstance(self.text_encoder, DecoderEncoder):
-            self.text_encoder.save(folder / TEXT_FOLDER)
-            config["text"] = TEXT_FOLDER
+        self.text_encoder.save(folder / TEXT_FOLDER)
+        config["text"] = TEXT_FOLDER
         (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         return folder

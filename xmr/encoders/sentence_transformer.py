@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xmr.encoders.base import Encoder, Item, item_texts, quiet_weight_loading, register_encoder
+from xmr.encoders.base import ENCODER_FILE, Encoder, Item, item_texts, quiet_weight_loading, register_encoder
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, canonical_model_name, resolve_model_location
 from xmr.errors import EncoderError
 
+if TYPE_CHECKING:
+    import torch
+
 PROGRESS_THRESHOLD = 2048  # show a progress bar for encode calls at least this long
+MODEL_FOLDER = "model"  # where save() puts the (fine-tuned) sentence-transformers model inside an encoder folder
 
 
 @register_encoder("sentence-transformers")
@@ -83,6 +89,34 @@ class SentenceTransformerEncoder(Encoder):
     def encode_labels(self, items: Sequence[Item]) -> np.ndarray:
         return self._encode(items, self.label_prompt)
 
+    def embed(self, items: Sequence[Item], side: str) -> torch.Tensor:
+        from sentence_transformers.util import batch_to_device
+
+        prompt = self.query_prompt if side == "query" else self.label_prompt
+        features = self.model.preprocess([prompt + text for text in item_texts(items, self.model_name)])
+        vectors = self.model(batch_to_device(features, self.model.device))["sentence_embedding"].float()
+        if self.normalize:
+            import torch.nn.functional as functional
+
+            vectors = functional.normalize(vectors, dim=-1)
+        return vectors
+
+    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {"encoder": [parameter for parameter in self.model.parameters() if parameter.requires_grad]}
+
+    def train_mode(self, training: bool) -> None:
+        self.model.train(training)
+
+    def save(self, folder: str | Path) -> Path:
+        """An encoder folder: ``xmr_encoder.json`` and the model (weights as safetensors) in ``model/``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with quiet_weight_loading():
+            self.model.save(str(folder / MODEL_FOLDER), create_model_card=False)
+        config = self.config() | {"model": MODEL_FOLDER, "device": None}
+        (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        return folder
+
     def config(self) -> dict[str, Any]:
         return {
             "type": self.type_name,
@@ -108,3 +142,4 @@ class SentenceTransformerEncoder(Encoder):
                 f"model {encoder.model_name!r} gives {encoder.dim}-d vectors, config says {expected_dim}"
             )
         return encoder  # type: ignore[return-value]
+
