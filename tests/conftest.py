@@ -136,3 +136,35 @@ def images(tmp_path_factory) -> list[str]:
         Image.fromarray(array).save(path)
         paths.append(str(path))
     return paths
+
+
+def synthetic_task(folder: Path, n_labels: int = 24, n_train: int = 240, n_test: int = 60, seed: int = 0) -> Path:
+    """A retrieval task a model must LEARN: label texts and query texts share no words.
+
+    Label i is named by two words from the first half of WORDS; its queries carry two other "signature" words from
+    the second half (plus a noise word); a query has one or two labels. Writes labels/train/validation/test.jsonl.
+    """
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    half = len(WORDS) // 2
+    names = rng.sample(list(itertools.combinations(WORDS[:half], 2)), n_labels)
+    signatures = rng.sample(list(itertools.combinations(WORDS[half:], 2)), n_labels)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "labels.jsonl").write_text("".join(
+        json.dumps({"id": label, "text": " ".join(name)}) + "\n" for label, name in enumerate(names)))
+
+    def instances(count: int, offset: int) -> str:
+        lines = []
+        for number in range(count):
+            labels = rng.sample(range(n_labels), rng.choice([1, 1, 2]))
+            words = [word for label in labels for word in signatures[label]] + [rng.choice(WORDS[:half])]
+            rng.shuffle(words)
+            lines.append(json.dumps({"id": offset + number, "text": " ".join(words), "labels": labels}) + "\n")
+        return "".join(lines)
+
+    (folder / "train.jsonl").write_text(instances(n_train, 0))
+    (folder / "validation.jsonl").write_text(instances(n_test // 2, n_train))
+    (folder / "test.jsonl").write_text(instances(n_test, 2 * n_train))
+    return folder

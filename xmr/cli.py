@@ -1,4 +1,4 @@
-"""The ``xmr`` command line: build, query, info, eval, demo. Each subcommand is a thin layer over the Python API."""
+"""The ``xmr`` command line: build, query, info, eval, train, demo; each a thin layer over the Python API."""
 
 from __future__ import annotations
 
@@ -136,6 +136,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(render_report(result, Path(args.out).name if args.out else Path(args.index).name).split("\n## P@")[0])
 
 
+def _override(text: str) -> tuple[str, Any]:
+    """``field.path=value`` with the value read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--set needs FIELD=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, yaml.safe_load(value)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    try:
+        from xmr.train import load_recipe, train
+    except ImportError as error:
+        raise XMRError(f"training needs the train extra (pip install 'xmr[train]'): {error}") from None
+    recipe = load_recipe(args.recipe, dict(args.set or []))
+    summary = train(recipe, resume=args.resume, restart=args.restart)
+    print(json.dumps(summary, indent=2))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from xmr.demo import run_demo
 
@@ -201,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--compare", nargs="+", metavar="RUN", help="print run folders side by side")
     _add_search_options(evaluation)
     evaluation.set_defaults(run=cmd_eval)
+
+    training = commands.add_parser("train", help="fine-tune an encoder from a recipe (training/*.yaml) into runs/NAME")
+    training.add_argument("recipe", help="YAML recipe")
+    training.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    training.add_argument("--restart", action="store_true", help="delete the run folder and start again")
+    training.add_argument("--set", action="append", type=_override, metavar="FIELD=VALUE",
+                          help="override one recipe field, e.g. --set schedule.max_steps=10 (repeatable)")
+    training.set_defaults(run=cmd_train)
 
     demo = commands.add_parser("demo", help="index ESCO skills, run example queries, evaluate on ESCO if present")
     demo.add_argument("--out", default=str(DEMO_INDEX))

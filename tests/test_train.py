@@ -1,0 +1,305 @@
+"""The training stack on a task a tiny model must learn: recipes, batches, mining, runs, resume, LoRA, fusion."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import synthetic_task
+
+import xmr
+from xmr.catalogue import LabelCatalogue
+from xmr.datasets import read_instances
+from xmr.evaluation import evaluate
+from xmr.train import RecipeError, load_recipe, train
+from xmr.train.batches import TrainingPairs, clustered_plan, make_batch
+from xmr.train.mining import mine_hard_negatives
+
+
+@pytest.fixture(scope="session")
+def task(tmp_path_factory) -> Path:
+    return synthetic_task(tmp_path_factory.mktemp("task"))
+
+
+def write_recipe(folder: Path, task: Path, encoder, **sections) -> Path:
+    recipe = {
+        "name": "run",
+        "output": str(folder / "runs"),
+        "data": {"train": str(task / "train.jsonl"), "labels": str(task / "labels.jsonl"),
+                 "validation": str(task / "validation.jsonl")},
+        "encoder": encoder,
+        "batching": {"batch_size": 16},
+        "optimizer": {"lr": 1e-3},
+        "schedule": {"epochs": 4},
+        "evaluation": {"every": 30},
+        "checkpoint": {"every": 10},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_p_at_1(index_encoder, task: Path) -> float:
+    labels = LabelCatalogue.from_file(task / "labels.jsonl")
+    index = xmr.build_index(labels, index_encoder, None) if not isinstance(index_encoder, xmr.LabelIndex) \
+        else index_encoder
+    return evaluate(index, task / "test.jsonl", ks=(1,))["metrics"]["P@1"]
+
+
+test_p_at_1.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, task, tiny_model) -> Path:
+    folder = tmp_path_factory.mktemp("trained")
+    summary = train(write_recipe(folder, task, {"type": "sentence-transformers", "model": tiny_model},
+                                 index={"centroid_weight": 1.0}), say=lambda message: None)
+    assert summary["steps"] == 60
+    return folder / "runs" / "run"
+
+
+# ---- recipes ------------------------------------------------------------------------------------------------------
+def test_recipe_errors_name_file_and_field(tmp_path, task):
+    path = write_recipe(tmp_path, task, "x", loss={"name": "ohnm-triplet", "temprature": 0.1})
+    with pytest.raises(RecipeError, match=r"recipe.yaml: loss.temprature: unknown key"):
+        load_recipe(path)
+    path = write_recipe(tmp_path, task, "x", batching={"batch_size": "big"})
+    with pytest.raises(RecipeError, match=r"batching.batch_size: expected int, got 'big'"):
+        load_recipe(path)
+    path.write_text("name: x\ndata: {train: a}\n")
+    with pytest.raises(RecipeError, match=r"data.labels: required"):
+        load_recipe(path)
+    path.write_text("name: x\ndata: [unclosed\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: line \d+ bad YAML"):
+        load_recipe(path)
+    path = write_recipe(tmp_path, task, "x", optimizer={"precision": "fp8"})
+    with pytest.raises(RecipeError, match="optimizer.precision"):
+        load_recipe(path)
+    assert load_recipe(write_recipe(tmp_path, task, "x"), {"schedule.max_steps": 3}).schedule.max_steps == 3
+
+
+# ---- batches, clustering, mining ------------------------------------------------------------------------------------
+def pairs_of(task: Path) -> TrainingPairs:
+    return TrainingPairs.from_instances(read_instances(task / "train.jsonl"),
+                                        LabelCatalogue.from_file(task / "labels.jsonl"))
+
+
+def test_batch_columns_and_positive_cells(task):
+    pairs = pairs_of(task)
+    rows = np.arange(8)
+    rng = np.random.default_rng(0)
+    batch = make_batch(pairs, rows, rng, one_positive=False, all_labels=False)
+    assert set(batch.columns) == set(np.concatenate([pairs.positives[row] for row in rows]))
+    for position, row in enumerate(rows):
+        assert set(batch.columns[batch.positives[position]]) == set(pairs.positives[row])
+        assert batch.positives[position, batch.anchors[position]]
+    one = make_batch(pairs, rows, rng, one_positive=True, all_labels=False)
+    assert len(one.columns) <= len(rows) and one.positives[np.arange(8), one.anchors].all()
+    every = make_batch(pairs, rows, rng, one_positive=False, all_labels=True)
+    assert len(every.columns) == len(pairs.labels)
+
+
+def test_mined_hard_negatives_are_top_ranked_non_positives(task, tiny_encoder):
+    pairs = pairs_of(task)
+    table = mine_hard_negatives(tiny_encoder, pairs, depth=5)
+    assert table.shape == (len(pairs), 5)
+    label_vectors = tiny_encoder.encode_labels(pairs.labels.items())
+    query_vectors = tiny_encoder.encode_queries(pairs.queries[:3])
+    for row in range(3):
+        ranked = np.argsort(-(label_vectors @ query_vectors[row]), kind="stable")
+        expected = [label for label in ranked if label not in pairs.positives[row]][:5]
+        assert set(table[row]) == set(expected)
+    batch = make_batch(pairs, np.arange(4), np.random.default_rng(0), one_positive=False, all_labels=False,
+                       hard_negatives=table, negatives_per_query=2)
+    assert set(np.concatenate([table[row] for row in range(4)])) & set(batch.columns)
+    assert not any(batch.positives[position, np.isin(batch.columns, table[row])].any() for position, row in
+                   enumerate(range(4)))
+
+
+def test_clustered_plan_batches_similar_queries():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 16))
+    members = np.repeat(np.arange(8), 16)
+    vectors = centres[members] + 0.05 * rng.normal(size=(128, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    plan = clustered_plan(vectors.astype(np.float32), cluster_size=16, batch_size=16, seed=0, epoch=1)
+    assert sorted(np.concatenate(plan)) == list(range(128))
+    purity = np.mean([np.bincount(members[batch]).max() / len(batch) for batch in plan])
+    assert purity > 0.8  # random batches of 16 over 8 groups would be ~0.25
+
+
+def test_inverse_propensity_sampling_prefers_rare_positives():
+    from xmr.datasets import Instances
+
+    labels = LabelCatalogue.from_records([{"id": 0, "text": "common"}, {"id": 1, "text": "rare"}])
+    rows = [[0]] * 8000 + [[0, 1]] * 2000
+    pairs = TrainingPairs.from_instances(Instances(list(range(10000)), ["q"] * 10000, rows), labels)
+    weights = pairs.label_weights(0.6, 2.6)
+    assert weights[1] > weights[0]
+    both = np.arange(8000, 10000)
+    uniform = make_batch(pairs, both, np.random.default_rng(0), one_positive=True, all_labels=False)
+    weighted = make_batch(pairs, both, np.random.default_rng(0), one_positive=True, all_labels=False,
+                          positive_weights=weights)
+    assert (uniform.columns[uniform.anchors] == 1).mean() == pytest.approx(0.5, abs=0.03)
+    expected = weights[1] / (weights[0] + weights[1])
+    assert (weighted.columns[weighted.anchors] == 1).mean() == pytest.approx(expected, abs=0.03)
+
+
+# ---- a full run ---------------------------------------------------------------------------------------------------
+def test_training_lowers_loss_and_raises_p_at_1(trained_run, task, tiny_model):
+    log = [json.loads(line) for line in (trained_run / "log.jsonl").read_text().splitlines()]
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    validations = [entry["validation"]["P@1"] for entry in log if "validation" in entry]
+    assert validations[-1] > validations[0] + 0.3
+    before = test_p_at_1(xmr.load_encoder(tiny_model), task)
+    after = test_p_at_1(xmr.load_encoder(trained_run / "encoder"), task)
+    assert after > before + 0.3, (before, after)
+    for name in ("recipe.json", "summary.json", "training_curve.png", "last/xmr_encoder.json"):
+        assert (trained_run / name).is_file(), name
+    assert len(list((trained_run / "checkpoints").iterdir())) == 2  # keep: 2
+
+
+def test_trained_encoder_builds_with_the_cli_and_centroid_index_loads(trained_run, task, tmp_path):
+    from xmr.cli import main
+
+    out = tmp_path / "index"
+    assert main(["build", "--labels", str(task / "labels.jsonl"), "--encoder", str(trained_run / "encoder"),
+                 "--out", str(out)]) == 0
+    index = xmr.load_index(out)
+    enriched = xmr.load_index(trained_run / "index")
+    assert index.manifest["encoder"] == enriched.manifest["encoder"]
+    assert test_p_at_1(enriched, task) >= test_p_at_1(index, task) - 0.05
+
+
+@pytest.mark.parametrize("loss, negatives, batching", [
+    ({"name": "decoupled-softmax"}, {"mined": {"per_query": 2, "depth": 5, "refresh_every": 20}}, {}),
+    ({"name": "ohnm-triplet", "options": {"k": 5}}, {"positive_sampling": "inverse-propensity"},
+     {"clustered": {"cluster_size": 4, "start_epoch": 1}}),
+])
+def test_other_losses_and_negatives_learn(tmp_path, task, tiny_model, loss, negatives, batching):
+    recipe = write_recipe(tmp_path, task, {"type": "sentence-transformers", "model": tiny_model}, loss=loss,
+                          negatives=negatives, batching=batching, optimizer={"accumulate": 2},
+                          schedule={"epochs": 6})
+    train(recipe, say=lambda message: None)
+    log = [json.loads(line) for line in (tmp_path / "runs/run/log.jsonl").read_text().splitlines()]
+    validations = [entry["validation"]["P@1"] for entry in log if "validation" in entry]
+    assert validations[-1] > validations[0] + 0.2, validations
+
+
+def test_existing_run_needs_resume_or_restart(trained_run, task, tiny_model):
+    recipe = load_recipe(trained_run.parent.parent / "recipe.yaml")
+    with pytest.raises(xmr.XMRError, match="already exists"):
+        train(recipe, say=lambda message: None)
+    changed = load_recipe(trained_run.parent.parent / "recipe.yaml", {"optimizer.lr": 0.5})
+    with pytest.raises(xmr.XMRError, match="recipe changed"):
+        train(changed, resume=True, say=lambda message: None)
+
+
+# ---- crashes and resume -----------------------------------------------------------------------------------------
+def run_cli(recipe: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "xmr.cli", "train", str(recipe), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+
+
+def final_state(run: Path) -> tuple[dict, dict]:
+    from safetensors.numpy import load_file
+
+    summary = json.loads((run / "summary.json").read_text())
+    weights = load_file(next((run / "last" / "model").glob("*.safetensors")))
+    return summary["best"], weights
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not path.is_file():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+
+
+def test_kill_9_then_resume_gives_the_same_result(tmp_path, task, tiny_model):
+    encoder = {"type": "sentence-transformers", "model": tiny_model}
+    sections = {"schedule": {"epochs": 8}, "checkpoint": {"every": 20, "keep": 1}}
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    train(write_recipe(straight, task, encoder, **sections), say=lambda message: None)
+
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    recipe = write_recipe(crashed, task, encoder, **sections)
+    process = run_cli(recipe)
+    wait_for(crashed / "runs/run/checkpoints/step-0000040/trainer.json", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (crashed / "runs/run/summary.json").exists(), "the run finished before it was killed"
+    resumed = run_cli(recipe, "--resume")
+    assert resumed.wait() == 0, resumed.stderr.read().decode()[-2000:]
+
+    best, weights = final_state(straight / "runs/run")
+    best_resumed, weights_resumed = final_state(crashed / "runs/run")
+    assert best == best_resumed
+    assert all(np.array_equal(weights[name], weights_resumed[name]) for name in weights)
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path, task, tiny_model):
+    recipe = write_recipe(tmp_path, task, {"type": "sentence-transformers", "model": tiny_model},
+                          schedule={"epochs": 40}, checkpoint={"every": 1000})
+    process = run_cli(recipe)
+    wait_for(tmp_path / "runs/run/log.jsonl", process)
+    while "loss" not in (tmp_path / "runs/run/log.jsonl").read_text():
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 2
+    assert "continue with --resume" in process.stderr.read().decode()
+    checkpoints = list((tmp_path / "runs/run/checkpoints").glob("step-*/trainer.json"))
+    assert len(checkpoints) == 1
+    step = json.loads(checkpoints[0].read_text())["step"]
+    logged = [json.loads(line) for line in (tmp_path / "runs/run/log.jsonl").read_text().splitlines()]
+    assert 0 < step < 600 and max(entry["step"] for entry in logged) == step
+
+
+# ---- decoder LLM with LoRA, fused text+image ----------------------------------------------------------------------
+def test_lora_decoder_trains_and_reloads(tmp_path, task, tiny_decoder):
+    encoder = {"type": "decoder-llm", "model": tiny_decoder, "dtype": "float32"}
+    recipe = write_recipe(tmp_path, task, encoder, lora={"r": 4, "alpha": 8}, optimizer={"lr": 3e-3},
+                          schedule={"epochs": 6})
+    train(recipe, say=lambda message: None)
+    run = tmp_path / "runs/run"
+    assert (run / "encoder/adapter/adapter_config.json").is_file()
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    validations = [entry["validation"]["P@1"] for entry in log if "validation" in entry]
+    assert validations[-1] > validations[0] + 0.15, validations
+    before = test_p_at_1(xmr.load_encoder(encoder), task)
+    after = test_p_at_1(xmr.load_encoder(run / "encoder"), task)
+    assert after > before + 0.15, (before, after)
+
+
+def test_fused_encoder_trains_its_image_projection(tmp_path, tiny_model, tiny_clip, images):
+    labels = [{"id": number, "text": text} for number, text in enumerate(["python sql", "forklift truck",
+                                                                          "cook food"])]
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(record) + "\n" for record in labels))
+    train_rows = [{"id": number, "text": "photo", "images": [images[number % 3]], "labels": [number % 3]}
+                  for number in range(12)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(record) + "\n" for record in train_rows))
+    encoder = {"type": "fused", "text": {"type": "sentence-transformers", "model": tiny_model},
+               "image": {"model": tiny_clip}}
+    recipe = {"name": "fused", "output": str(tmp_path / "runs"), "encoder": encoder,
+              "data": {"train": str(tmp_path / "train.jsonl"), "labels": str(tmp_path / "labels.jsonl")},
+              "batching": {"batch_size": 8}, "schedule": {"max_steps": 4}, "checkpoint": {"every": 2},
+              "optimizer": {"lr": 0.0, "projection_lr": 1e-2, "warmup": 0.0}}
+    (tmp_path / "fused.yaml").write_text(yaml.safe_dump(recipe))
+    before = xmr.load_encoder(encoder)
+    train(tmp_path / "fused.yaml", say=lambda message: None)
+    after = xmr.load_encoder(tmp_path / "runs/fused/encoder")
+    query = [{"images": [images[0]]}]
+    assert not np.allclose(before.encode_queries(query), after.encode_queries(query))
+    assert np.allclose(before.encode_labels(["cook food"]), after.encode_labels(["cook food"]), atol=1e-6)

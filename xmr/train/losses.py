@@ -1,0 +1,122 @@
+"""Contrastive losses over the in-batch query x label score matrix, aware of many positives per query.
+
+Every loss takes ``scores`` (queries x label columns, cosine or inner product), ``positives`` (bool, same shape:
+column j is a true label of query i) and ``anchors`` (one sampled positive column per query, used by losses that
+contrast a single positive). A query's other positives are never treated as its negatives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as functional
+
+from xmr.train.recipe import RecipeError
+
+MASKED = -1e4  # a logit that contributes nothing to a logsumexp, yet keeps gradients finite (unlike -inf)
+
+
+def decoupled_log_probs(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """``log(e^{s_p} / (e^{s_p} + sum_{n not in P} e^{s_n}))`` for every cell, row-wise (positives only are used)."""
+    negatives = torch.logsumexp(logits.masked_fill(positives, MASKED), dim=1, keepdim=True)
+    return logits - torch.logaddexp(logits, negatives)
+
+
+class MultiPositiveInfoNCE(torch.nn.Module):
+    """Many-to-many InfoNCE of UWE (TechWolf, "Unified Work Embeddings", 2025, Sec. 3: symmetric InfoNCE per bipartite
+    graph, temperature 0.05): every positive (query, label) pair is contrasted with the query's non-positive labels
+    (query -> label) and with the label's non-positive queries (label -> query); both directions average over all
+    positive pairs and the loss is their mean. Other positives stay out of each denominator."""
+
+    one_positive_per_query: ClassVar[bool] = False
+
+    def __init__(self, temperature: float = 0.05, symmetric: bool = True) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.symmetric = symmetric
+
+    def forward(self, scores: torch.Tensor, positives: torch.Tensor,
+                anchors: torch.Tensor | None = None) -> torch.Tensor:
+        logits = scores.float() / self.temperature
+        query_to_label = -decoupled_log_probs(logits, positives)[positives].mean()
+        if not self.symmetric:
+            return query_to_label
+        label_to_query = -decoupled_log_probs(logits.T, positives.T)[positives.T].mean()
+        return (query_to_label + label_to_query) / 2
+
+
+class DecoupledSoftmaxLoss(torch.nn.Module):
+    """DEXML decoupled softmax (Gupta et al., "Dual-encoders for Extreme Multi-label Classification", ICLR 2024, Eq. 4):
+    ``-1/B sum_i 1/|P_i| sum_{p in P_i} log(e^{s_ip/t} / (e^{s_ip/t} + sum_{n not in P_i} e^{s_in/t}))``, query ->
+    label only; each positive's denominator excludes the other positives. Temperature 0.05 as in DEXML's configs."""
+
+    one_positive_per_query: ClassVar[bool] = False
+
+    def __init__(self, temperature: float = 0.05) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, scores: torch.Tensor, positives: torch.Tensor,
+                anchors: torch.Tensor | None = None) -> torch.Tensor:
+        log_probs = decoupled_log_probs(scores.float() / self.temperature, positives)
+        per_query_positives = positives.sum(dim=1)
+        has_positive = per_query_positives > 0
+        per_query = (log_probs * positives).sum(dim=1)[has_positive] / per_query_positives[has_positive]
+        return -per_query.mean()
+
+
+class OHNMTripletLoss(torch.nn.Module):
+    """Online hard-negative triplet loss of NGAME / ViXML (ViXML ``ATripletMarginLossOHNMDM``; Ortego et al. 2025,
+    Sec. 3.3): one positive per query (``anchors``), its ``k`` highest-scoring in-batch non-positives, hinge
+    ``relu(s_n - s_p + m)`` with the dynamic margin ``m = clamp(|s_p - s_n|, margin_min, margin_max)`` (detached);
+    ``aggressive`` weights the violating negatives by ``softmax(s_n / tau)``. Reduction: sum over negatives, mean over
+    queries (ViXML's ``custom``). Defaults are ViXML's run scripts: k=10, margin 0.1-0.3, aggressive, tau=0.1."""
+
+    one_positive_per_query: ClassVar[bool] = True
+
+    def __init__(self, k: int = 10, margin_min: float = 0.1, margin_max: float = 0.3, aggressive: bool = True,
+                 tau: float = 0.1) -> None:
+        super().__init__()
+        if margin_min > margin_max:
+            raise RecipeError(f"loss.options: ohnm-triplet: margin_min {margin_min} > margin_max {margin_max}")
+        self.k, self.margin_min, self.margin_max = k, margin_min, margin_max
+        self.aggressive, self.tau = aggressive, tau
+
+    def forward(self, scores: torch.Tensor, positives: torch.Tensor,
+                anchors: torch.Tensor | None = None) -> torch.Tensor:
+        scores = scores.float()
+        has_positive = positives.any(dim=1)
+        scores, positives = scores[has_positive], positives[has_positive]
+        if anchors is None:  # a uniformly drawn positive column per query
+            anchors = torch.multinomial(positives.float(), 1).squeeze(1)
+        else:
+            anchors = anchors[has_positive]
+        positive_scores = scores.gather(1, anchors[:, None])
+        k = min(self.k, scores.shape[1])
+        hardest = scores.masked_fill(positives, MASKED).topk(k, dim=1).indices
+        negative_scores = scores.gather(1, hardest)
+        is_negative = ~positives.gather(1, hardest)  # rows with fewer than k negatives
+        margin = (positive_scores - negative_scores).abs().detach().clamp(self.margin_min, self.margin_max)
+        loss = functional.relu(negative_scores - positive_scores + margin) * is_negative
+        if self.aggressive:
+            violating = negative_scores.masked_fill(loss == 0, MASKED / 100)
+            loss = loss * torch.softmax(violating / self.tau, dim=1)
+        return loss.sum(dim=1).mean()
+
+
+LOSSES: dict[str, type[torch.nn.Module]] = {
+    "multi-positive-infonce": MultiPositiveInfoNCE,
+    "decoupled-softmax": DecoupledSoftmaxLoss,
+    "ohnm-triplet": OHNMTripletLoss,
+}
+
+
+def make_loss(name: str, options: dict[str, Any]) -> torch.nn.Module:
+    """A loss by recipe name with its options; unknown names or options are errors naming them."""
+    if name not in LOSSES:
+        raise RecipeError(f"loss.name: unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    try:
+        return LOSSES[name](**options)
+    except TypeError as error:
+        raise RecipeError(f"loss.options: {name!r}: {error}") from None
