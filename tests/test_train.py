@@ -303,3 +303,34 @@ def test_fused_encoder_trains_its_image_projection(tmp_path, tiny_model, tiny_cl
     query = [{"images": [images[0]]}]
     assert not np.allclose(before.encode_queries(query), after.encode_queries(query))
     assert np.allclose(before.encode_labels(["cook food"]), after.encode_labels(["cook food"]), atol=1e-6)
+
+
+def test_a_second_process_on_the_same_run_is_refused(tmp_path, task):
+    from xmr.train.trainer import Trainer
+
+    recipe = load_recipe(write_recipe(tmp_path, task, "unused"))
+    first, second = Trainer(recipe), Trainer(recipe)
+    first._lock()
+    with pytest.raises(xmr.XMRError, match="in use by another xmr train"):
+        second._lock()
+    first._lock_file.close()
+    second._lock()
+
+
+def test_zero_steps_keeps_the_encoder_and_builds_the_index(trained_run, task, tmp_path):
+    recipe = write_recipe(tmp_path, task, str(trained_run / "encoder"), schedule={"max_steps": 0},
+                          index={"centroid_weight": 0.5})
+    summary = train(recipe, say=lambda message: None)
+    assert summary["steps"] == 0
+    kept = xmr.load_encoder(tmp_path / "runs/run/encoder")
+    texts = ["python sql", "forklift truck"]
+    assert np.allclose(kept.encode_queries(texts), xmr.load_encoder(trained_run / "encoder").encode_queries(texts))
+    assert xmr.load_index(tmp_path / "runs/run/index").manifest["normalized"] is True
+
+
+def test_bf16_autocast_trains(tmp_path, task, tiny_model):
+    recipe = write_recipe(tmp_path, task, {"type": "sentence-transformers", "model": tiny_model},
+                          optimizer={"precision": "bf16"}, schedule={"max_steps": 5}, evaluation={"every": None})
+    summary = train(recipe, say=lambda message: None)
+    assert summary["precision"] == "bfloat16"
+    assert np.isfinite(summary["final_loss"])

@@ -32,12 +32,14 @@ class DataSpec:
 
 @dataclass
 class LoraSpec:
-    """LoRA adapter for decoder encoders (peft); defaults follow ViXML's LoRA setting."""
+    """LoRA adapter for decoder encoders (peft); defaults are ViXML's run script (rank 256, alpha 256, attention and
+    MLP projections; it sets no dropout)."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    r: int = 256
+    alpha: int = 256
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                               "up_proj", "down_proj"])
 
 
 @dataclass
@@ -84,7 +86,7 @@ class BatchingSpec:
 @dataclass
 class OptimizerSpec:
     lr: float = 2e-5
-    projection_lr: float = 1e-3  # image/output projections (fused encoders, decoder projections)
+    projection_lr: float = 5e-4  # image/output projections (fused encoders, decoder projections); ViXML's value
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of all optimiser steps with linear warm-up; then linear decay to zero
     clip_norm: float | None = 1.0
@@ -95,7 +97,7 @@ class OptimizerSpec:
 @dataclass
 class ScheduleSpec:
     epochs: float = 1.0
-    max_steps: int | None = None  # optimiser steps; overrides epochs
+    max_steps: int | None = None  # optimiser steps; overrides epochs (0: keep the encoder, run the index stages only)
 
 
 @dataclass
@@ -258,6 +260,8 @@ def _check(recipe: Recipe, path: Path) -> None:
         problems.append("optimizer.accumulate: must be at least 1")
     if recipe.checkpoint.every < 1:
         problems.append("checkpoint.every: must be at least 1")
+    if recipe.schedule.max_steps is not None and recipe.schedule.max_steps < 0:
+        problems.append("schedule.max_steps: must be at least 0")
     if recipe.schedule.max_steps is None and recipe.schedule.epochs <= 0:
         problems.append("schedule.epochs: must be positive (or set schedule.max_steps)")
     if recipe.label_vectors is not None and recipe.index is None:

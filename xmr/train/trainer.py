@@ -155,7 +155,10 @@ class Trainer:
         self.global_batch = recipe.batching.batch_size * self.processes.world
         self.batches_per_epoch = math.ceil(len(self.pairs) / self.global_batch)
         steps_per_epoch = math.ceil(self.batches_per_epoch / recipe.optimizer.accumulate)
-        self.total_steps = recipe.schedule.max_steps or max(1, math.ceil(recipe.schedule.epochs * steps_per_epoch))
+        if recipe.schedule.max_steps is not None:  # 0: no encoder training, only the final index stage
+            self.total_steps = recipe.schedule.max_steps
+        else:
+            self.total_steps = max(1, math.ceil(recipe.schedule.epochs * steps_per_epoch))
 
     # ---- the pieces of a step --------------------------------------------------------------------------------
     def _plan(self, epoch: int) -> list[np.ndarray]:
@@ -290,8 +293,22 @@ class Trainer:
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
+    def _lock(self) -> None:
+        """One process tree per run folder: a second ``xmr train`` on it (or a --restart under a live run) is
+        refused. The lock lives next to the folder and dies with the process, so ``kill -9`` leaves none behind."""
+        import fcntl
+
+        self.run_folder.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.run_folder.parent / f".{self.run_folder.name}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise XMRError(f"{self.run_folder} is in use by another xmr train process") from None
+
     def _prepare_folder(self, resume: bool, restart: bool) -> Path | None:
         run, recipe_json = self.run_folder, self.recipe.to_dict()
+        if self.processes.main:
+            self._lock()
         stored = run / RECIPE_FILE
         if resume:
             if not stored.is_file():
