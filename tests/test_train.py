@@ -47,14 +47,11 @@ def write_recipe(folder: Path, task: Path, encoder, **sections) -> Path:
     return path
 
 
-def test_p_at_1(index_encoder, task: Path) -> float:
+def p_at_1_on_test(index_encoder, task: Path) -> float:
     labels = LabelCatalogue.from_file(task / "labels.jsonl")
     index = xmr.build_index(labels, index_encoder, None) if not isinstance(index_encoder, xmr.LabelIndex) \
         else index_encoder
     return evaluate(index, task / "test.jsonl", ks=(1,))["metrics"]["P@1"]
-
-
-test_p_at_1.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="session")
@@ -160,8 +157,8 @@ def test_training_lowers_loss_and_raises_p_at_1(trained_run, task, tiny_model):
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
     validations = [entry["validation"]["P@1"] for entry in log if "validation" in entry]
     assert validations[-1] > validations[0] + 0.3
-    before = test_p_at_1(xmr.load_encoder(tiny_model), task)
-    after = test_p_at_1(xmr.load_encoder(trained_run / "encoder"), task)
+    before = p_at_1_on_test(xmr.load_encoder(tiny_model), task)
+    after = p_at_1_on_test(xmr.load_encoder(trained_run / "encoder"), task)
     assert after > before + 0.3, (before, after)
     for name in ("recipe.json", "summary.json", "training_curve.png", "last/xmr_encoder.json"):
         assert (trained_run / name).is_file(), name
@@ -177,7 +174,7 @@ def test_trained_encoder_builds_with_the_cli_and_centroid_index_loads(trained_ru
     index = xmr.load_index(out)
     enriched = xmr.load_index(trained_run / "index")
     assert index.manifest["encoder"] == enriched.manifest["encoder"]
-    assert test_p_at_1(enriched, task) >= test_p_at_1(index, task) - 0.05
+    assert p_at_1_on_test(enriched, task) >= p_at_1_on_test(index, task) - 0.05
 
 
 @pytest.mark.parametrize("loss, negatives, batching", [
@@ -278,8 +275,8 @@ def test_lora_decoder_trains_and_reloads(tmp_path, task, tiny_decoder):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     validations = [entry["validation"]["P@1"] for entry in log if "validation" in entry]
     assert validations[-1] > validations[0] + 0.15, validations
-    before = test_p_at_1(xmr.load_encoder(encoder), task)
-    after = test_p_at_1(xmr.load_encoder(run / "encoder"), task)
+    before = p_at_1_on_test(xmr.load_encoder(encoder), task)
+    after = p_at_1_on_test(xmr.load_encoder(run / "encoder"), task)
     assert after > before + 0.15, (before, after)
 
 

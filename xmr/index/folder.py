@@ -58,7 +58,7 @@ def write_index_folder(out: Path, write_files: Callable[[Path], dict[str, Any]])
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         _fsync_folder(tmp)
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -71,7 +71,7 @@ def _fsync_folder(folder: Path) -> None:
             os.fsync(handle.fileno())
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
+def swap_into_place(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted only after the swap."""
     if not out.exists():
         os.rename(tmp, out)

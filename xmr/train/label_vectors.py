@@ -142,9 +142,6 @@ def train_label_vectors(model: LabelVectorModel, query_vectors: np.ndarray, posi
     generator = torch.Generator().manual_seed(seed)
     queries = torch.from_numpy(np.ascontiguousarray(query_vectors, dtype=np.float32))
     n_labels = model.text.shape[0]
-    truth = torch.zeros((len(positives), n_labels), dtype=torch.bool)
-    for row, labels in enumerate(positives):
-        truth[row, torch.from_numpy(labels)] = True
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     if not parameters:
         return []
@@ -156,13 +153,14 @@ def train_label_vectors(model: LabelVectorModel, query_vectors: np.ndarray, posi
         total, batches = 0.0, 0
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
+            row_positives = [positives[row] for row in rows.tolist()]
             columns = all_labels
             if 0 < shortlist < n_labels:
                 with torch.no_grad():
                     top = (queries[rows] @ model(all_labels).T).topk(shortlist, dim=1).indices
-                columns = torch.unique(torch.cat([top.flatten(), truth[rows].nonzero()[:, 1]]))
+                columns = torch.unique(torch.cat([top.flatten(), torch.from_numpy(np.concatenate(row_positives))]))
             logits = queries[rows] @ model(columns).T / temperature
-            cells = truth[rows][:, columns]
+            cells = torch.from_numpy(np.stack([np.isin(columns.numpy(), labels) for labels in row_positives]))
             if loss == "bce":
                 value = functional.binary_cross_entropy_with_logits(logits, cells.float())
             else:
