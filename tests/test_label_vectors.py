@@ -64,12 +64,34 @@ def test_learned_vectors_beat_text_and_keep_zero_shot_labels(combine, loss):
     torch.manual_seed(0)
     model = LabelVectorModel(LabelParts(text, centroids, counts, balanced_clusters(text, 4)),
                              ["text", "centroid", "cluster", "classifier"], combine)
-    history = train_label_vectors(model, train_q, train_p, loss=loss, epochs=30, batch_size=64, lr=2e-2,
-                                  shortlist=8)
-    assert history[-1] < 0.8 * history[0]
+    fit = train_label_vectors(model, train_q, train_p, loss=loss, epochs=30, batch_size=64, lr=2e-2, shortlist=8)
+    assert fit.losses[-1] < 0.8 * fit.losses[0] and fit.best_epoch == 30
     vectors = combined_vectors(model)
     assert p_at_1(vectors, test_q, test_p) > p_at_1(text, test_q, test_p) + 0.15
     assert np.array_equal(vectors[-1], text[-1])  # no training queries: the text embedding, unchanged
+
+
+def test_validation_keeps_the_best_epoch_and_refuses_training_that_hurts():
+    text, queries, positives = frozen_task()
+    train_q, valid_q, train_p, valid_p = queries[:300], queries[300:], positives[:300], positives[300:]
+    no_parts = LabelParts(text, np.zeros_like(text), np.ones(len(text)), np.zeros(len(text), dtype=np.int64))
+    scores = []
+
+    def validate(vectors):
+        scores.append(p_at_1(vectors, valid_q, valid_p))
+        return scores[-1]
+
+    torch.manual_seed(0)
+    model = LabelVectorModel(no_parts, ["text", "classifier"], "sum")
+    fit = train_label_vectors(model, train_q, train_p, epochs=8, batch_size=64, lr=2e-2, validate=validate)
+    assert fit.validation == scores and len(scores) == 9 and fit.best_epoch == int(np.argmax(scores))
+    assert fit.best_epoch > 0 and p_at_1(combined_vectors(model), valid_q, valid_p) == max(scores)
+
+    wrong = [np.array([(p[0] + 1) % (len(text) - 1)]) for p in train_p]  # every training label is wrong
+    model = LabelVectorModel(no_parts, ["text", "classifier"], "sum")
+    fit = train_label_vectors(model, train_q, wrong, epochs=5, batch_size=64, lr=2e-2, validate=validate)
+    assert fit.losses[-1] < fit.losses[0] and fit.best_epoch == 0
+    assert np.array_equal(combined_vectors(model), text)  # the untrained state came back
 
 
 def test_text_only_and_bad_parts_are_refused():

@@ -11,6 +11,8 @@ embedding exactly, so zero-shot labels are served as before.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,14 +130,27 @@ class LabelVectorModel(torch.nn.Module):
         return torch.where(self.has_queries[labels, None], vectors, self.text[labels])  # zero-shot labels: text only
 
 
+@dataclass
+class LabelVectorFit:
+    """What stage 2 did: mean loss per epoch, the validation score after each epoch (index 0: before training) and
+    the epoch whose parameters the model holds at the end (0: the untrained sum of the fixed parts)."""
+
+    losses: list[float]
+    validation: list[float]
+    best_epoch: int
+
+
 def train_label_vectors(model: LabelVectorModel, query_vectors: np.ndarray, positives: list[np.ndarray], *,
                         loss: str = "softmax", shortlist: int = 0, epochs: int = 20, batch_size: int = 256,
-                        lr: float = 1e-2, temperature: float = 0.05, seed: int = 0) -> list[float]:
-    """Fit the learned parts on frozen query vectors; returns the mean loss of every epoch.
+                        lr: float = 1e-2, weight_decay: float = 0.0, temperature: float = 0.05, seed: int = 0,
+                        validate: Callable[[np.ndarray], float] | None = None) -> LabelVectorFit:
+    """Fit the learned parts on frozen query vectors.
 
     Each batch scores its queries against its shortlist: the queries' positives plus the ``shortlist`` labels that
     currently score highest (all labels when ``shortlist`` is 0 or covers them). ``softmax`` is the decoupled
     softmax (each positive against the non-positives), ``bce`` one-vs-all logistic loss on ``q . v / temperature``.
+    ``validate`` scores combined vectors (higher is better) before training and after every epoch; the model ends
+    with the best-scoring parameters, so per-label parts that overfit their few queries never reach the index.
     """
     if loss not in ("softmax", "bce"):
         raise ValueError(f"label_vectors.loss: {loss!r} is not softmax or bce")
@@ -143,12 +158,14 @@ def train_label_vectors(model: LabelVectorModel, query_vectors: np.ndarray, posi
     queries = torch.from_numpy(np.ascontiguousarray(query_vectors, dtype=np.float32))
     n_labels = model.text.shape[0]
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    scores = [validate(combined_vectors(model))] if validate else []
     if not parameters:
-        return []
-    optimizer = torch.optim.Adam(parameters, lr=lr)
+        return LabelVectorFit([], scores, 0)
+    best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
     all_labels = torch.arange(n_labels)
     history = []
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(len(queries), generator=generator)
         total, batches = 0.0, 0
         for start in range(0, len(order), batch_size):
@@ -172,7 +189,15 @@ def train_label_vectors(model: LabelVectorModel, query_vectors: np.ndarray, posi
             optimizer.step()
             total, batches = total + float(value.detach()), batches + 1
         history.append(total / batches)
-    return history
+        if validate:
+            scores.append(validate(combined_vectors(model)))
+            if scores[-1] > scores[best_epoch]:
+                best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
+    if validate:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = epochs
+    return LabelVectorFit(history, scores, best_epoch)
 
 
 @torch.no_grad()

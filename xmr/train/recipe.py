@@ -134,7 +134,9 @@ class LabelVectorsSpec:
     epochs: int = 20
     batch_size: int = 256
     lr: float = 1e-2
+    weight_decay: float = 0.0
     temperature: float = 0.05
+    select_on_validation: bool = True  # keep the epoch that scores best on evaluation.metric
 
 
 @dataclass

@@ -438,7 +438,7 @@ class Trainer:
             query_vectors = encoder.encode_queries(self.pairs.queries)
             centroids, counts = label_vectors.label_centroids(query_vectors, self.pairs.positives, len(self.labels))
             if learned is not None:
-                vectors = self._learn_label_vectors(vectors, centroids, counts, query_vectors)
+                vectors = self._learn_label_vectors(encoder, vectors, centroids, counts, query_vectors)
             else:
                 vectors = label_vectors.centroid_enriched(vectors, centroids, counts, spec.centroid_weight)
         unit = bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3))
@@ -446,7 +446,7 @@ class Trainer:
         self.say(f"index of the trained encoder: {out}")
         return out
 
-    def _learn_label_vectors(self, text: np.ndarray, centroids: np.ndarray, counts: np.ndarray,
+    def _learn_label_vectors(self, encoder: Encoder, text: np.ndarray, centroids: np.ndarray, counts: np.ndarray,
                              query_vectors: np.ndarray) -> np.ndarray:
         spec = self.recipe.label_vectors
         started = time.perf_counter()
@@ -454,11 +454,33 @@ class Trainer:
         torch.manual_seed(self.recipe.seed)
         model = label_vectors.LabelVectorModel(label_vectors.LabelParts(text, centroids, counts, clusters),
                                                spec.parts, spec.combine)
-        history = label_vectors.train_label_vectors(
+        validate = self._label_vector_validator(encoder) if spec.select_on_validation else None
+        fit = label_vectors.train_label_vectors(
             model, query_vectors, self.pairs.positives, loss=spec.loss, shortlist=spec.shortlist, epochs=spec.epochs,
-            batch_size=spec.batch_size, lr=spec.lr, temperature=spec.temperature, seed=self.recipe.seed)
-        self.label_vector_history = history
-        if history:
-            self.say(f"label vectors ({'+'.join(spec.parts)}, {spec.combine}): loss {history[0]:.4f} -> "
-                     f"{history[-1]:.4f} in {time.perf_counter() - started:.1f} s")
+            batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay, temperature=spec.temperature,
+            seed=self.recipe.seed, validate=validate)
+        self.log.write({"step": self.step, "label_vectors": {"losses": fit.losses, "validation": fit.validation,
+                                          "best_epoch": fit.best_epoch, "metric": self.recipe.evaluation.metric}})
+        if fit.losses:
+            metric, scores = self.recipe.evaluation.metric, fit.validation
+            chosen = (f"; validation {metric} {100 * scores[0]:.2f} -> {100 * scores[fit.best_epoch]:.2f} "
+                      f"(epoch {fit.best_epoch} kept)" if scores else "")
+            self.say(f"label vectors ({'+'.join(spec.parts)}, {spec.combine}): loss {fit.losses[0]:.4f} -> "
+                     f"{fit.losses[-1]:.4f} in {time.perf_counter() - started:.1f} s{chosen}")
         return label_vectors.combined_vectors(model)
+
+    def _label_vector_validator(self, encoder: Encoder) -> Callable[[np.ndarray], float] | None:
+        """Scores candidate label vectors on the held-out queries (encoded once) by ``evaluation.metric``."""
+        if self.validation is None:
+            return None
+        metric, ks = self.recipe.evaluation.metric, self.recipe.evaluation.ks
+        validation_vectors = encoder.encode_queries(self.validation.items())
+
+        def score(vectors: np.ndarray) -> float:
+            unit = bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3))
+            index = build_index_from_embeddings(self.labels, vectors, None, encoder=encoder, normalized=unit)
+            report = evaluate(index, self.validation, ks=ks, train=self.train_instances,
+                              query_vectors=validation_vectors)
+            return float(report["metrics"][metric])
+
+        return score
