@@ -156,6 +156,7 @@ def test_mismatched_encoder_dim_or_metric_is_refused(catalogue, tiny_encoder, ti
     flat_l2 = faiss.IndexIDMap2(faiss.IndexFlatL2(32))
     faiss.write_index(flat_l2, str(out / "index.faiss"))
     manifest["metric"] = "inner_product"
+    manifest["files"]["index.faiss"]["bytes"] = (out / "index.faiss").stat().st_size  # sizes are checked always
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFolderError, match="metric does not match"):
         xmr.load_index(out, verify=False)

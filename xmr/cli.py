@@ -13,13 +13,28 @@ from xmr.errors import XMRError
 
 
 def _search_params(args: argparse.Namespace) -> dict[str, int]:
-    params = {"efSearch": args.ef_search, "nprobe": args.nprobe}
+    params = {"efSearch": args.ef_search, "nprobe": args.nprobe, "rerank": getattr(args, "rerank", None)}
     return {name: value for name, value in params.items() if value is not None}
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ef-search", type=int, help="HNSW efSearch (recall/speed knob)")
     parser.add_argument("--nprobe", type=int, help="IVF lists probed per query (recall/speed knob)")
+
+
+def _add_query_options(parser: argparse.ArgumentParser) -> None:
+    _add_search_options(parser)
+    parser.add_argument("--rerank", type=int, help="re-score this many candidates exactly (0: off; recipes with "
+                                                   "stored vectors)")
+    parser.add_argument("--mmap", action="store_true", help="memory-map the index (fast open, shared pages)")
+    parser.add_argument("--search-device", help="search on a GPU, e.g. cuda (faiss-gpu, or exact torch search)")
+
+
+def _open_index(args: argparse.Namespace, verify: bool = True) -> Any:
+    from xmr.index import load_index
+
+    index = load_index(args.index, verify=verify, mmap=args.mmap)
+    return index.to_device(args.search_device) if args.search_device else index
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -37,9 +52,17 @@ def cmd_build(args: argparse.Namespace) -> None:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     encoder = load_encoder(args.encoder, **options)
-    index = build_index(catalogue, encoder, args.out, factory=args.factory, search_params=_search_params(args),
-                        train_size=args.train_size)
-    print(f"built {args.out}: {len(index)} labels, {index.dim}-d, {index.manifest['faiss']['structure']}")
+    if args.recipe and args.factory:
+        raise XMRError("give --recipe or --factory, not both")
+    index = build_index(catalogue, encoder, args.out, factory=args.factory or "Flat",
+                        search_params=_search_params(args), train_size=args.train_size, recipe=args.recipe,
+                        max_memory=args.max_memory, target_recall=args.target_recall)
+    faiss_info = index.manifest["faiss"]
+    print(f"built {args.out}: {len(index)} labels, {index.dim}-d, {faiss_info['structure']}, search "
+          f"{faiss_info['search_params'] or 'exact'}" + (f", rerank {faiss_info['rerank']}" if faiss_info["rerank"]
+                                                         else ""))
+    if faiss_info["recipe"].get("reason"):
+        print(f"recipe: {faiss_info['recipe']['reason']}")
 
 
 def _read_queries(args: argparse.Namespace) -> list[str | dict]:
@@ -78,10 +101,9 @@ def _describe_query(query: str | dict) -> str:
 
 
 def cmd_query(args: argparse.Namespace) -> None:
-    from xmr.index import load_index
 
     queries = _read_queries(args)
-    index = load_index(args.index, verify=not args.no_verify)
+    index = _open_index(args, verify=not args.no_verify)
     result = index.search(queries, k=args.k, **_search_params(args))
     for number, (query, hits) in enumerate(zip(queries, result.to_records(), strict=True)):
         if args.json:
@@ -123,11 +145,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if not args.index or not args.test:
         raise XMRError("xmr eval needs INDEX and --test FILE (or --compare RUN [RUN ...])")
     from xmr.evaluation import evaluate
-    from xmr.index import load_index
     from xmr.metrics import PROPENSITY_PRESETS
 
     propensity = tuple(args.propensity) if args.propensity else PROPENSITY_PRESETS[args.propensity_preset]
-    result = evaluate(load_index(args.index), args.test, ks=args.k, propensity=propensity, train=args.train,
+    result = evaluate(_open_index(args), args.test, ks=args.k, propensity=propensity, train=args.train,
                       filter_labels=args.filter, group_by=args.group_by, batch_size=args.batch_size,
                       modality=args.modality, **_search_params(args))
     if args.out:
@@ -173,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--labels", required=True, help="catalogue file: .jsonl, .csv or .parquet")
     build.add_argument("--encoder", default=DEFAULT_TEXT_MODEL,
                        help="model name, local folder, or encoder config .json (default: bundled MiniLM)")
-    build.add_argument("--factory", default="Flat", help="FAISS index_factory string: Flat, HNSW32, IVF1024,PQ48 ...")
+    build.add_argument("--factory", help="FAISS index_factory string: Flat (default), HNSW32, IVF1024,PQ48 ...")
+    build.add_argument("--recipe", help="index recipe: flat, hnsw32, hnsw64, ivf-sq8, ivf-pq, opq-ivf-pq, auto, "
+                                        "or a YAML file (see indexes/)")
+    build.add_argument("--max-memory", help="memory budget for --recipe auto, e.g. 4GB")
+    build.add_argument("--target-recall", type=float, default=0.95, help="recall@10 --recipe auto calibrates for")
     build.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     build.add_argument("--id-field", default="id", help="id column; @row numbers labels by row (XMC lbl files)")
     build.add_argument("--text-field", default="text")
@@ -196,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--image", help="image for the first query text (or an image-only query); fused encoders")
     query.add_argument("--json", action="store_true", help="one JSON object per query")
     query.add_argument("--no-verify", action="store_true", help="skip checksum verification")
-    _add_search_options(query)
+    _add_query_options(query)
     query.set_defaults(run=cmd_query)
 
     info = commands.add_parser("info", help="manifest, sizes and encoder of an index folder")
@@ -219,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="for queries with images: text+image, text only, or image only")
     evaluation.add_argument("--out", help="run folder for metrics.json, report.md and plots")
     evaluation.add_argument("--compare", nargs="+", metavar="RUN", help="print run folders side by side")
-    _add_search_options(evaluation)
+    _add_query_options(evaluation)
     evaluation.set_defaults(run=cmd_eval)
 
     training = commands.add_parser("train", help="fine-tune an encoder from a recipe (training/*.yaml) into runs/NAME")

@@ -31,6 +31,37 @@ def create(dim: int, factory: str, metric: str) -> faiss.Index:
     return faiss.IndexIDMap2(index)
 
 
+def set_build_parameters(index: faiss.Index, params: dict[str, int]) -> None:
+    """Build-time knobs (``efConstruction`` of HNSW graphs) set before vectors are added."""
+    for name, value in params.items():
+        graphs = [layer for layer in _layers(index) if hasattr(layer, "hnsw")]
+        if name != "efConstruction" or not graphs:
+            raise XMRError(f"build parameter {name!r} does not apply to {describe(index)}; it has "
+                           f"{['efConstruction'] if graphs else []}")
+        for layer in graphs:
+            layer.hnsw.efConstruction = int(value)
+
+
+def _layers(index: faiss.Index) -> list[faiss.Index]:
+    """The index and every index it wraps, outermost first, downcast to their concrete classes."""
+    layers = []
+    while index is not None:
+        index = faiss.downcast_index(index)
+        layers.append(index)
+        index = _inner(index)
+    return layers
+
+
+def flat_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(vectors, ids)`` of an exact index (Flat inside an id map), or None for any other structure."""
+    layers = _layers(index)
+    if len(layers) != 2 or not isinstance(layers[0], faiss.IndexIDMap) or type(layers[1]) not in (
+            faiss.IndexFlat, faiss.IndexFlatIP):
+        return None
+    vectors = faiss.rev_swig_ptr(layers[1].get_xb(), layers[1].ntotal * layers[1].d).reshape(-1, layers[1].d)
+    return vectors, faiss.vector_to_array(layers[0].id_map)
+
+
 def train(index: faiss.Index, vectors: np.ndarray, train_size: int = DEFAULT_TRAIN_SIZE, seed: int = 0) -> int:
     """Train ``index`` (IVF, PQ, SQ, ...) on a random sample of at most ``train_size`` rows; returns rows used."""
     if index.is_trained:
@@ -66,12 +97,7 @@ def remove(index: faiss.Index, ids: np.ndarray) -> int:
 
 def describe(index: faiss.Index) -> str:
     """Class names from the outer wrapper to the innermost index, e.g. ``IndexIDMap2>IndexHNSWFlat``."""
-    names = []
-    while index is not None:
-        index = faiss.downcast_index(index)
-        names.append(type(index).__name__)
-        index = _inner(index)
-    return ">".join(names)
+    return ">".join(type(layer).__name__ for layer in _layers(index))
 
 
 def _inner(index: faiss.Index) -> faiss.Index | None:
@@ -91,12 +117,9 @@ def search_parameters(index: faiss.Index) -> dict[str, int]:
         quantizer = faiss.downcast_index(ivf.quantizer)
         if hasattr(quantizer, "hnsw"):
             knobs["quantizer_efSearch"] = int(quantizer.hnsw.efSearch)
-    current = index
-    while current is not None:
-        current = faiss.downcast_index(current)
-        if hasattr(current, "hnsw"):
-            knobs["efSearch"] = int(current.hnsw.efSearch)
-        current = _inner(current)
+    for layer in _layers(index):
+        if hasattr(layer, "hnsw"):
+            knobs["efSearch"] = int(layer.hnsw.efSearch)
     return knobs
 
 

@@ -1,0 +1,175 @@
+"""Index recipes: a FAISS factory plus its build and search knobs, as named presets, YAML files, or ``auto``.
+
+A recipe is data (``indexes/*.yaml`` holds the committed ones)::
+
+    name: hnsw32
+    factory: HNSW32                    # any faiss.index_factory string; {nlist} and {m} are filled in per catalogue
+    build: {efConstruction: 200}
+    search: {efSearch: 128}            # defaults stored in the manifest; every search may override them
+    rerank: 0                          # > 0: re-score that many candidates exactly from the stored float32 vectors
+
+``auto`` picks one from the label count, the dimension, a memory budget and a target recall, and says why; the
+reason is written into the manifest. Knob values for a target recall come from calibration on the built index
+(``calibrate``), not from a table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xmr.errors import XMRError
+
+RECIPE_FOLDER = Path(__file__).resolve().parents[2] / "indexes"
+EXACT_UP_TO = 50_000  # labels: below this, exact search is fast enough (< ~5 ms per query on one core at 384-d)
+ID_BYTES = 8  # every xmr index stores an int64 id per vector
+
+
+@dataclass(frozen=True)
+class IndexRecipe:
+    """What to build and how to search it; ``reason`` says why ``auto`` chose it."""
+
+    name: str
+    factory: str
+    build: dict[str, int] = field(default_factory=dict)
+    search: dict[str, int] = field(default_factory=dict)
+    rerank: int = 0
+    reason: str = ""
+
+    def resolved(self, n_labels: int, dim: int) -> IndexRecipe:
+        """The recipe with ``{nlist}`` (IVF lists) and ``{m}`` (PQ sub-quantizers) filled in for this catalogue."""
+        factory = self.factory.format(nlist=ivf_lists(n_labels), m=pq_codes(dim))
+        return replace(self, factory=factory)
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "build": dict(self.build), "rerank": self.rerank, "reason": self.reason}
+
+
+PRESETS: dict[str, IndexRecipe] = {
+    "flat": IndexRecipe("flat", "Flat"),
+    "hnsw32": IndexRecipe("hnsw32", "HNSW32", {"efConstruction": 200}, {"efSearch": 128}),
+    "hnsw64": IndexRecipe("hnsw64", "HNSW64", {"efConstruction": 200}, {"efSearch": 128}),
+    "ivf-sq8": IndexRecipe("ivf-sq8", "IVF{nlist},SQ8", {}, {"nprobe": 32}),
+    "ivf-pq": IndexRecipe("ivf-pq", "IVF{nlist},PQ{m}", {}, {"nprobe": 32}, rerank=100),
+    "opq-ivf-pq": IndexRecipe("opq-ivf-pq", "OPQ{m},IVF{nlist},PQ{m}", {}, {"nprobe": 32}, rerank=100),
+}
+
+
+def ivf_lists(n_labels: int) -> int:
+    """IVF list count: ~4 sqrt(n) as a power of two, with at least 39 training points per list (FAISS's floor)."""
+    target = 4 * math.sqrt(max(n_labels, 1))
+    lists = 2 ** max(0, round(math.log2(target)))
+    while lists > 1 and n_labels < 39 * lists:
+        lists //= 2
+    return lists
+
+
+def pq_codes(dim: int) -> int:
+    """PQ sub-quantizers: one byte per 4 dimensions (dim must divide evenly; halves until it does)."""
+    m = max(1, dim // 4)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def bytes_per_vector(factory: str, dim: int) -> float:
+    """Resident bytes per label of a factory string (codes + id + graph links), for memory budgets."""
+    hnsw = re.search(r"HNSW(\d+)", factory)
+    if factory.startswith("Flat"):
+        return 4 * dim + ID_BYTES
+    if hnsw and "IVF" not in factory:
+        return 4 * dim + 2 * 4 * int(hnsw.group(1)) * 1.05 + ID_BYTES  # level-0 links (2M) plus ~5% upper levels
+    pq = re.search(r"PQ(\d+)", factory)
+    if pq:
+        return int(pq.group(1)) + ID_BYTES
+    sq = re.search(r"SQ(\d+|fp16|bf16)", factory)
+    if sq:
+        bits = 16 if sq.group(1) in ("fp16", "bf16") else int(sq.group(1))
+        return dim * bits / 8 + ID_BYTES
+    raise XMRError(f"cannot estimate the memory of FAISS factory {factory!r}")
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """``4GB``, ``512MiB``, ``1e9`` or a byte count -> bytes (decimal and binary units both accepted)."""
+    if text is None or isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([\d.e+]+)\s*([KMGT]?)(i?)B?\s*", str(text), flags=re.IGNORECASE)
+    if not match:
+        raise XMRError(f"--max-memory: cannot read {text!r}; write e.g. 4GB, 512MiB or a byte count")
+    number, unit, binary = float(match.group(1)), match.group(2).upper(), bool(match.group(3))
+    return int(number * (1024 if binary else 1000) ** " KMGT".index(unit or " "))
+
+
+def auto_recipe(n_labels: int, dim: int, max_memory: int | None = None, target_recall: float = 0.95) -> IndexRecipe:
+    """The cheapest-to-query recipe that fits ``max_memory`` bytes, exact when the catalogue is small.
+
+    Order of preference: exact Flat for small catalogues; HNSW32 (fastest at high recall) when it fits; IVF-SQ8
+    (4x smaller); IVF-PQ with exact re-rank from memory-mapped vectors (~dim/4 + 8 bytes per label resident).
+    """
+    if not 0 < target_recall <= 1:
+        raise XMRError(f"target recall must be in (0, 1], got {target_recall}")
+    budget = f"{max_memory / 1e9:.2f} GB" if max_memory else "no memory limit"
+
+    def resident(recipe: IndexRecipe) -> float:
+        return bytes_per_vector(recipe.resolved(n_labels, dim).factory, dim) * n_labels
+
+    def fits(recipe: IndexRecipe) -> bool:
+        return max_memory is None or resident(recipe) <= max_memory
+
+    def need(recipe: IndexRecipe) -> str:
+        return f"{resident(recipe) / 1e9:.2f} GB"
+
+    flat, hnsw, sq8, pq = PRESETS["flat"], PRESETS["hnsw32"], PRESETS["ivf-sq8"], PRESETS["ivf-pq"]
+    if (n_labels <= EXACT_UP_TO or target_recall >= 1) and fits(flat):
+        why = "exact search requested (target recall 1)" if target_recall >= 1 else (
+            f"{n_labels} labels <= {EXACT_UP_TO}: exact search is fast enough")
+        return replace(flat, name="auto", reason=f"{why}; needs {need(flat)} ({budget})")
+    for candidate, why in ((hnsw, "graph search is the fastest at high recall"),
+                           (sq8, "HNSW does not fit; IVF with 8-bit scalar codes is 4x smaller than Flat"),
+                           (pq, "only product-quantized codes fit; exact re-rank of the top candidates from the "
+                                "memory-mapped vectors restores recall")):
+        if fits(candidate):
+            return replace(candidate, name="auto", reason=(
+                f"{n_labels} labels x {dim}-d, target recall@10 {target_recall}: {why}; needs {need(candidate)} "
+                f"({budget}); search knobs calibrated on the built index"))
+    raise XMRError(f"--max-memory {budget} is too small for {n_labels} labels x {dim}-d: the smallest recipe "
+                   f"(IVF-PQ) needs {need(pq)}")
+
+
+def load_recipe(spec: str | Path) -> IndexRecipe:
+    """A preset name (``hnsw32``), a recipe name under ``indexes/`` or a YAML file path."""
+    text = str(spec)
+    if text.lower() in PRESETS:
+        return PRESETS[text.lower()]
+    path = Path(text)
+    if not path.suffix and (RECIPE_FOLDER / f"{text}.yaml").is_file():
+        path = RECIPE_FOLDER / f"{text}.yaml"
+    if not path.is_file():
+        raise XMRError(f"index recipe {text!r}: not a preset ({', '.join(PRESETS)}, auto) nor a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise XMRError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise XMRError(f"{path}: an index recipe is a mapping with name, factory, build, search, rerank")
+    unknown = sorted(set(data) - {"name", "factory", "build", "search", "rerank", "description"})
+    if unknown:
+        raise XMRError(f"{path}: unknown field(s) {unknown}; known: name, factory, build, search, rerank, description")
+    if not isinstance(data.get("factory"), str):
+        raise XMRError(f"{path}: field 'factory' (a FAISS index_factory string) is required")
+    for name in ("build", "search"):
+        values = data.get(name) or {}
+        if not isinstance(values, dict) or not all(isinstance(v, int) and v > 0 for v in values.values()):
+            raise XMRError(f"{path}: field {name!r} must map knob names to positive integers, got {values!r}")
+    rerank = data.get("rerank", 0)
+    if not isinstance(rerank, int) or rerank < 0:
+        raise XMRError(f"{path}: field 'rerank' must be a non-negative integer, got {rerank!r}")
+    return IndexRecipe(str(data.get("name", path.stem)), data["factory"], dict(data.get("build") or {}),
+                       dict(data.get("search") or {}), rerank)
