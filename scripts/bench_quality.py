@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peers.environment import peers_python  # scripts/peers/environment.py (scripts/ is on sys.path)
 
 import xmr
 from xmr import metrics as m
@@ -25,19 +26,9 @@ from xmr.datasets import read_instances
 from xmr.evaluation import predict, ranking_metrics, truth_as_internal_ids
 
 ROOT = Path(__file__).resolve().parents[1]
-PEERS_VENV = ROOT / ".venv-peers"
-PEER_PACKAGES = ["numpy<2", "scipy<1.14", "scikit-learn", "libpecos==1.2.8", "napkinxc==0.7.2"]
 RECIPE = ROOT / "training" / "reuters-labelvectors.yaml"
 KS = (1, 3, 5, 10)
 COLUMNS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5", "nDCG@5", "R@10")
-
-
-def peers_python() -> Path:
-    python = PEERS_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
-    return python
 
 
 def run_peers(data: Path, labels: int, out: Path) -> dict:

@@ -43,9 +43,10 @@ def recall(found, truth):
 
 def test_recipe_arithmetic_and_memory_parsing():
     assert ivf_lists(1_000_000) == 4096 and ivf_lists(1000) == 16 and ivf_lists(10) == 1
-    assert PRESETS["ivf-pq"].resolved(1_000_000, 384).factory == "IVF4096,PQ96"
+    assert PRESETS["ivf-pq"].resolved(1_000_000, 384).factory == "IVF4096,PQ192x4fs"
     assert bytes_per_vector("Flat", 384) == 1544 and bytes_per_vector("IVF64,SQ8", 384) == 392
-    assert bytes_per_vector("IVF64,PQ96", 384) == 104 and bytes_per_vector("HNSW32", 384) > 1544
+    assert bytes_per_vector("IVF64,PQ96", 384) == bytes_per_vector("IVF64,PQ192x4fs", 384) == 104
+    assert bytes_per_vector("HNSW32", 384) > 1544
     assert parse_memory("4GB") == 4_000_000_000 and parse_memory("512MiB") == 512 * 2**20 and parse_memory(7) == 7
     with pytest.raises(XMRError, match="--max-memory"):
         parse_memory("lots")
@@ -81,7 +82,7 @@ def test_recipe_files_are_checked(tmp_path):
 
 @pytest.mark.parametrize("name", ["hnsw32", "ivf-sq8", "ivf-pq", "opq-ivf-pq"])
 def test_presets_build_search_and_round_trip(name, tmp_path):
-    labels, queries = clustered()
+    labels, queries = clustered(n=1500 if name.startswith("opq") else 4000)  # OPQ trains 8-bit PQs: keep it small
     truth = exact_top(labels, queries)
     index = build_index_from_embeddings(catalogue_of(len(labels)), labels, tmp_path / name, recipe=name)
     faiss_manifest = index.manifest["faiss"]
@@ -99,8 +100,8 @@ def test_presets_build_search_and_round_trip(name, tmp_path):
 def test_rerank_restores_recall_of_product_quantization(tmp_path):
     labels, queries = clustered()
     truth = exact_top(labels, queries)
-    coarse = recipes.IndexRecipe("pq-coarse", "IVF16,PQ4", search={"nprobe": 16}, rerank=100)
-    index = build_index_from_embeddings(catalogue_of(len(labels)), labels, tmp_path / "pq", recipe=coarse)
+    coarse = recipes.IndexRecipe("pq-coarse", "IVF16,PQ8x4fs", search={"nprobe": 16}, rerank=100)
+    build_index_from_embeddings(catalogue_of(len(labels)), labels, tmp_path / "pq", recipe=coarse)
     manifest = json.loads((tmp_path / "pq" / "manifest.json").read_text())
     assert "vectors.npy" in manifest["files"] and manifest["faiss"]["rerank"] == 100
     loaded = load_index(tmp_path / "pq")

@@ -1,7 +1,7 @@
 """hnswlib and PECOS HNSW over label vectors: recall / QPS / latency sweep for xmr's ANN benchmark.
 
-Runs in its own environment (.venv-peers: libpecos pins numpy<2) with PEER_PACKAGES below installed on top of
-scripts/bench_quality.py's list; exchanges data through files only:
+Runs in its own environment (.venv-peers: libpecos pins numpy<2; scripts/bench_index.py creates it with hnswlib
+0.8.0 and libpecos 1.2.8); exchanges data through files only:
 
     .venv-peers/bin/python scripts/peers/ann.py --labels L.npy --queries Q.npy --truth T.npy --k 10 --threads 2 \
         --systems hnswlib,pecos --out OUT.json [--hnswlib-M 16 32] [--ef 16 32 64 128 256 512] \
@@ -31,7 +31,6 @@ from typing import Protocol
 
 import numpy as np
 
-PEER_PACKAGES = ["hnswlib==0.8.0"]
 LATENCY_QUERIES = 200
 BATCH_REPEATS = 2
 

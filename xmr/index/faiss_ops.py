@@ -137,10 +137,15 @@ def set_search_parameters(index: faiss.Index, params: dict[str, int]) -> None:
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (ids, scores) with the given knobs for this call only; missing results are id -1, score -inf."""
+    """Top-k (ids, scores) with the given knobs for this call only; missing results are id -1, score -inf.
+
+    Knobs travel as FAISS per-call ``SearchParameters`` (no shared state, no lock); combinations FAISS cannot
+    express that way are set on the index under a lock and restored afterwards.
+    """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if not params:
-        scores, ids = index.search(queries, k)
+    per_call = _per_call_parameters(index, params) if params else None
+    if not params or per_call is not None:
+        scores, ids = index.search(queries, k, params=per_call)
     else:
         with _tuning_lock:  # knobs live on the shared index: restore them before anyone else searches with knobs
             defaults = search_parameters(index)
@@ -151,6 +156,21 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict[str, in
                 set_search_parameters(index, defaults)
     scores[ids < 0] = -np.inf
     return ids, scores
+
+
+def _per_call_parameters(index: faiss.Index, params: dict[str, int]) -> faiss.SearchParameters | None:
+    """``SearchParametersIVF(nprobe)`` or ``SearchParametersHNSW(efSearch)`` for a plain IVF or HNSW index."""
+    known = search_parameters(index)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise XMRError(f"search parameter(s) {unknown} do not apply to {describe(index)}; it has {sorted(known)}")
+    if any(int(value) < 1 for value in params.values()):
+        raise XMRError(f"search parameters must be >= 1, got {params}")
+    if set(params) == {"nprobe"} and set(known) == {"nprobe"}:
+        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
+    if set(params) == {"efSearch"} and set(known) == {"efSearch"}:
+        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
+    return None
 
 
 def _faiss_message(error: RuntimeError) -> str:

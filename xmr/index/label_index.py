@@ -36,7 +36,8 @@ VECTORS_FILE = "vectors.npy"
 RERANK_BLOCK = 256  # queries re-scored at once (bounds the gathered candidate vectors)
 # memory-mapped reading: IVF inverted lists map with IO_FLAG_MMAP, flat code arrays (Flat, HNSW storage) with
 # IO_FLAG_MMAP_IFC; FAISS refuses the two together on IVF files
-MMAP_FLAGS = {"ivf": faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY, "codes": faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY}
+MMAP_FLAGS = {"ivf": faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY,
+              "codes": faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY}
 INTERNAL_ID = "internal_id"
 NO_ENCODER = "none"  # manifest encoder type of an index built from precomputed vectors without an encoder
 
@@ -154,6 +155,8 @@ class LabelIndex:
         """Catalogue rows of internal ids (-1 stays -1); internal ids are kept strictly increasing."""
         if not len(self.internal_ids):
             return np.full(ids.shape, -1, dtype=np.int64)
+        if self.internal_ids[-1] == len(self.internal_ids) - 1:  # ids 0..n-1 (nothing removed): row == id
+            return ids.copy()
         rows = np.searchsorted(self.internal_ids, ids).clip(max=len(self.internal_ids) - 1)
         found = (ids >= 0) & (self.internal_ids[rows] == ids)
         return np.where(found, rows, -1)

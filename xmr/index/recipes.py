@@ -3,7 +3,7 @@
 A recipe is data (``indexes/*.yaml`` holds the committed ones)::
 
     name: hnsw32
-    factory: HNSW32                    # any faiss.index_factory string; {nlist} and {m} are filled in per catalogue
+    factory: HNSW32                    # any faiss.index_factory string; {nlist}, {m}, {m4} filled in per catalogue
     build: {efConstruction: 200}
     search: {efSearch: 128}            # defaults stored in the manifest; every search may override them
     rerank: 0                          # > 0: re-score that many candidates exactly from the stored float32 vectors
@@ -42,8 +42,9 @@ class IndexRecipe:
     reason: str = ""
 
     def resolved(self, n_labels: int, dim: int) -> IndexRecipe:
-        """The recipe with ``{nlist}`` (IVF lists) and ``{m}`` (PQ sub-quantizers) filled in for this catalogue."""
-        factory = self.factory.format(nlist=ivf_lists(n_labels), m=pq_codes(dim))
+        """The recipe with ``{nlist}`` (IVF lists), ``{m}`` (8-bit PQ sub-quantizers, dim/4) and ``{m4}`` (4-bit
+        fast-scan sub-quantizers, dim/2) filled in; both PQ sizes take dim/4 bytes per label."""
+        factory = self.factory.format(nlist=ivf_lists(n_labels), m=pq_codes(dim, 4), m4=pq_codes(dim, 2))
         return replace(self, factory=factory)
 
     def to_manifest(self) -> dict[str, Any]:
@@ -55,8 +56,8 @@ PRESETS: dict[str, IndexRecipe] = {
     "hnsw32": IndexRecipe("hnsw32", "HNSW32", {"efConstruction": 200}, {"efSearch": 128}),
     "hnsw64": IndexRecipe("hnsw64", "HNSW64", {"efConstruction": 200}, {"efSearch": 128}),
     "ivf-sq8": IndexRecipe("ivf-sq8", "IVF{nlist},SQ8", {}, {"nprobe": 32}),
-    "ivf-pq": IndexRecipe("ivf-pq", "IVF{nlist},PQ{m}", {}, {"nprobe": 32}, rerank=100),
-    "opq-ivf-pq": IndexRecipe("opq-ivf-pq", "OPQ{m},IVF{nlist},PQ{m}", {}, {"nprobe": 32}, rerank=100),
+    "ivf-pq": IndexRecipe("ivf-pq", "IVF{nlist},PQ{m4}x4fs", {}, {"nprobe": 32}, rerank=100),
+    "opq-ivf-pq": IndexRecipe("opq-ivf-pq", "OPQ{m4},IVF{nlist},PQ{m4}x4fs", {}, {"nprobe": 32}, rerank=100),
 }
 
 
@@ -69,9 +70,9 @@ def ivf_lists(n_labels: int) -> int:
     return lists
 
 
-def pq_codes(dim: int) -> int:
-    """PQ sub-quantizers: one byte per 4 dimensions (dim must divide evenly; halves until it does)."""
-    m = max(1, dim // 4)
+def pq_codes(dim: int, dims_per_code: int) -> int:
+    """PQ sub-quantizers of ``dims_per_code`` dimensions each (lowered until it divides ``dim``)."""
+    m = max(1, dim // dims_per_code)
     while dim % m:
         m -= 1
     return m
@@ -84,9 +85,9 @@ def bytes_per_vector(factory: str, dim: int) -> float:
         return 4 * dim + ID_BYTES
     if hnsw and "IVF" not in factory:
         return 4 * dim + 2 * 4 * int(hnsw.group(1)) * 1.05 + ID_BYTES  # level-0 links (2M) plus ~5% upper levels
-    pq = re.search(r"PQ(\d+)", factory)
+    pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
     if pq:
-        return int(pq.group(1)) + ID_BYTES
+        return int(pq.group(1)) * int(pq.group(2) or 8) / 8 + ID_BYTES
     sq = re.search(r"SQ(\d+|fp16|bf16)", factory)
     if sq:
         bits = 16 if sq.group(1) in ("fp16", "bf16") else int(sq.group(1))
