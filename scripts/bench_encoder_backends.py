@@ -28,8 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ONNX_VENV = ROOT / ".venv-onnx"
-ONNX_PACKAGES = ["transformers==4.57.6", "sentence-transformers==5.7.0", "optimum-onnx[onnxruntime]==0.1.0",
-                 "onnxruntime==1.31.1"]
+ONNX_PACKAGES = ["transformers==4.57.6", "sentence-transformers==5.7.0", "datasets==4.8.5",
+                 "optimum-onnx[onnxruntime]==0.1.0", "onnxruntime==1.31.1"]
 CORPUS = ROOT.parent / "shared" / "data" / "pypi-summaries" / "corpus.jsonl.gz"
 ESCO = ROOT.parent / "shared" / "data" / "esco-skill-extraction"
 BACKENDS = [("torch", None), ("onnx", None), ("onnx", "int8")]

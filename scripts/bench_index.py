@@ -83,7 +83,7 @@ def cached_embeddings(texts: list[str], queries: list[str], cache: Path,
             if path.is_file():
                 parts.append(np.load(path))
                 continue
-        encoder = encoder or load_encoder("all-MiniLM-L6-v2", batch_size=128)
+        encoder = encoder or load_encoder("all-MiniLM-L6-v2")
         started = time.perf_counter()
         vectors = encoder.encode_labels(rows)
         print(f"embedded rows {start}..{start + len(rows)} in {time.perf_counter() - started:.0f} s", flush=True)
@@ -92,7 +92,7 @@ def cached_embeddings(texts: list[str], queries: list[str], cache: Path,
         parts.append(vectors)
     query_path = cache / "queries.npy"
     if not query_path.is_file():
-        encoder = encoder or load_encoder("all-MiniLM-L6-v2", batch_size=128)
+        encoder = encoder or load_encoder("all-MiniLM-L6-v2")
         np.save(query_path.with_suffix(".tmp.npy"), encoder.encode_queries(queries))
         os.replace(query_path.with_suffix(".tmp.npy"), query_path)
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), np.load(query_path)

@@ -45,10 +45,10 @@ def cmd_build(args: argparse.Namespace) -> None:
     catalogue = LabelCatalogue.from_file(
         args.labels, id_field=args.id_field, text_field=args.text_field, image_field=args.image_field
     )
-    options: dict[str, Any] = {"batch_size": args.batch_size}
+    options: dict[str, Any] = {}
     if args.no_normalize:
         options["normalize"] = False
-    for name in ("query_prompt", "label_prompt", "max_seq_length", "device"):
+    for name in ("query_prompt", "label_prompt", "max_seq_length", "device", "batch_size"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     encoder = load_encoder(args.encoder, **options)
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--query-prompt")
     build.add_argument("--label-prompt")
     build.add_argument("--max-seq-length", type=int)
-    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--batch-size", type=int, help="encoder batch size (default: the encoder's own)")
     build.add_argument("--device", help="cpu, cuda, ... (default: automatic)")
     build.add_argument("--no-normalize", action="store_true", help="raw inner product instead of cosine")
     build.add_argument("--train-size", type=int, default=200_000, help="vectors sampled to train IVF/PQ/SQ")

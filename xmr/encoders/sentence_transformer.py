@@ -86,7 +86,7 @@ class SentenceTransformerEncoder(Encoder):
         query_prompt: str = "",
         label_prompt: str = "",
         max_seq_length: int | None = None,
-        batch_size: int = 64,
+        batch_size: int = 32,  # sentence-transformers' default: on CPU, larger sorted batches pad more
         device: str | None = None,
         show_progress: bool | None = None,
         trust_remote_code: bool = False,
