@@ -132,13 +132,20 @@ def folder_bytes(folder: Path, names: tuple[str, ...] = ("index.faiss",)) -> int
     return sum((folder / name).stat().st_size for name in names if (folder / name).is_file())
 
 
-def rss_after_load(folder: Path, mmap: bool) -> float:
-    """MB the resident set grows by when a fresh process opens the index folder and runs one search."""
-    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); from xmr.index import load_index\n"
+OPENERS = {  # (imports, open + search) of what was saved: an xmr folder, or a raw FAISS file
+    "xmr": ("from xmr.index import load_index", "index = load_index(path, verify=False, mmap=mmap)\n"
+            "index.search_embeddings(np.ones((1, index.dim), np.float32), k=10)"),
+    "faiss": ("import faiss", "index = faiss.read_index(path)\nindex.search(np.ones((1, index.d), np.float32), 10)"),
+}
+
+
+def rss_after_load(path: Path, mmap: bool = False, opener: str = "xmr") -> float:
+    """MB the resident set grows by when a fresh process (libraries already imported) opens ``path`` and searches."""
+    imports, load = OPENERS[opener]
+    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); path, mmap = sys.argv[2], sys.argv[3] == '1'\n"
             "def rss(): return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])\n"
-            "base = rss(); index = load_index(sys.argv[2], verify=False, mmap=sys.argv[3] == '1')\n"
-            "index.search_embeddings(np.ones((1, index.dim), np.float32), k=10); print((rss() - base) / 1024)")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(folder), "1" if mmap else "0"],
+            f"{imports}\nbase = rss()\n{load}\nprint((rss() - base) / 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), "1" if mmap else "0"],
                          check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -160,8 +167,9 @@ def bench_raw_faiss(labels: np.ndarray, queries: np.ndarray, truth: np.ndarray, 
     with tempfile.TemporaryDirectory() as tmp:
         faiss.write_index(index, f"{tmp}/flat.faiss")
         size = os.path.getsize(f"{tmp}/flat.faiss")
+        rss = rss_after_load(Path(tmp) / "flat.faiss", opener="faiss")
     return {"system": "faiss", "recipe": "IndexFlatIP", "params": "exact", "n": n, "build_s": build,
-            "index_bytes": size, "rss_mb": size / 2**20, "recall_at_10": recall_at_k(ids, truth), "qps": qps,
+            "index_bytes": size, "rss_mb": rss, "recall_at_10": recall_at_k(ids, truth), "qps": qps,
             "p50_ms": p50, "p99_ms": p99}
 
 

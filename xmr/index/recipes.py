@@ -48,7 +48,8 @@ class IndexRecipe:
         return replace(self, factory=factory)
 
     def to_manifest(self) -> dict[str, Any]:
-        return {"name": self.name, "build": dict(self.build), "rerank": self.rerank, "reason": self.reason}
+        """What ``faiss.recipe`` records; the re-rank depth is ``faiss.rerank``, a search default."""
+        return {"name": self.name, "build": dict(self.build), "reason": self.reason}
 
 
 PRESETS: dict[str, IndexRecipe] = {
