@@ -7,83 +7,19 @@ names the file and the line (or Parquet row) it comes from.
 
 from __future__ import annotations
 
-import csv
-import gzip
-import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from xmr.errors import CatalogueError
+from xmr.io.readers import file_columns, file_kind, iter_records
 
 LabelId = int | str
 ROW_ID = "@row"  # id_field value meaning "the row number is the id" (XMC repository label files)
 _INT_TEXT = re.compile(r"-?\d+")
-
-
-def open_text(path: Path):
-    """Open a text file for reading, transparently un-gzipping ``*.gz``."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8", newline="")
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (``file:line``, object) for each non-blank line of a JSONL file."""
-    with open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CatalogueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise CatalogueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield where, record
-
-
-def _iter_csv(path: Path) -> Iterator[tuple[str, dict]]:
-    with open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            return
-        for row in reader:
-            yield f"{path}:{reader.line_num}", row
-
-
-def _iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
-    table = pq.read_table(path)
-    for row_number, row in enumerate(table.to_pylist()):
-        yield f"{path}: row {row_number}", row
-
-
-def _file_columns(path: Path) -> list[str] | None:
-    """Column names known before reading rows (CSV header, Parquet schema); None for JSONL."""
-    kind = file_kind(path)
-    if kind == "parquet":
-        return pq.read_schema(path).names
-    if kind == "csv":
-        with open_text(path) as handle:
-            return next(csv.reader(handle), [])
-    return None
-
-
-def file_kind(path: Path) -> str:
-    """'jsonl', 'csv' or 'parquet', from the file name (a trailing .gz is allowed for text formats)."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    last = suffixes[-1] if suffixes else ""
-    kinds = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
-    if last not in kinds:
-        raise CatalogueError(f"{path}: unknown file type {last or '(none)'!r}; use .jsonl, .csv or .parquet")
-    return kinds[last]
 
 
 def _check_id(value: Any, where: str, field: str, from_text: bool) -> LabelId:
@@ -180,15 +116,14 @@ class LabelCatalogue:
         if not path.is_file():
             raise CatalogueError(f"{path}: no such catalogue file")
         kind = file_kind(path)
-        columns = _file_columns(path)
+        columns = file_columns(path)
         if columns is not None:
             wanted = [name for name in (id_field, text_field, *(metadata_fields or [])) if name != ROW_ID]
             missing = [name for name in wanted if name not in columns]
             if missing:
                 raise CatalogueError(f"{path}: unknown column(s) {missing}; the file has {columns}")
-        rows = {"jsonl": iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}[kind](path)
         return cls.from_records(
-            rows,
+            iter_records(path),
             id_field=id_field,
             text_field=text_field,
             image_field=image_field,

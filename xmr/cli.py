@@ -71,7 +71,8 @@ def _read_queries(args: argparse.Namespace) -> list[str | dict]:
     A ``.jsonl`` file holds ``{"text", "image"|"images"}`` objects (image paths relative to the file); any other
     file holds one query text per line.
     """
-    from xmr.catalogue import image_paths, iter_jsonl
+    from xmr.catalogue import image_paths
+    from xmr.io.readers import iter_jsonl
 
     queries: list[str | dict] = list(args.queries)
     if args.image:

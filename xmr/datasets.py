@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from xmr.catalogue import ROW_ID, LabelCatalogue, LabelId, image_paths, iter_jsonl, open_text
+from xmr.catalogue import ROW_ID, LabelCatalogue, LabelId, image_paths
 from xmr.errors import CatalogueError
+from xmr.io.readers import iter_jsonl, open_text
 
 
 @dataclass

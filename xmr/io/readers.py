@@ -1,0 +1,87 @@
+"""Readers of the record files xmr takes: JSONL (optionally gzipped), CSV and Parquet.
+
+Each reader yields ``(location, record)`` pairs, the location being ``file:line`` (or ``file: row N`` for Parquet),
+so every validation error downstream can name where the bad record is.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pyarrow.parquet as pq
+
+from xmr.errors import CatalogueError
+
+KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def open_text(path: Path) -> IO[str]:
+    """Open a text file for reading, transparently un-gzipping ``*.gz``."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8", newline="")
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (``file:line``, object) for each non-blank line of a JSONL file."""
+    with open_text(path) as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CatalogueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(record, dict):
+                raise CatalogueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
+
+
+def iter_csv(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (``file:line``, row) for each CSV row (the header names the fields)."""
+    with open_text(path) as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None:
+            return
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
+
+
+def iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (``file: row N``, row) for each Parquet row."""
+    table = pq.read_table(path)
+    for row_number, row in enumerate(table.to_pylist()):
+        yield f"{path}: row {row_number}", row
+
+
+def file_kind(path: Path) -> str:
+    """'jsonl', 'csv' or 'parquet', from the file name (a trailing .gz is allowed for text formats)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    if last not in KINDS:
+        raise CatalogueError(f"{path}: unknown file type {last or '(none)'!r}; use .jsonl, .csv or .parquet")
+    return KINDS[last]
+
+
+def iter_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """Records of any supported file, chosen by :func:`file_kind`."""
+    return {"jsonl": iter_jsonl, "csv": iter_csv, "parquet": iter_parquet}[file_kind(path)](path)
+
+
+def file_columns(path: Path) -> list[str] | None:
+    """Column names known before reading rows (CSV header, Parquet schema); None for JSONL."""
+    kind = file_kind(path)
+    if kind == "parquet":
+        return pq.read_schema(path).names
+    if kind == "csv":
+        with open_text(path) as handle:
+            return next(csv.reader(handle), [])
+    return None
