@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from xmr.encoders.base import ENCODER_FILE, ENCODER_TYPES, FOLDER_PATH_KEYS, Encoder, Item, item_texts, register_encoder
+from xmr.encoders.base import (
+    ENCODER_FILE,
+    ENCODER_TYPES,
+    FOLDER_PATH_KEYS,
+    DenseEncoder,
+    Encoder,
+    Item,
+    item_texts,
+    register_encoder,
+)
 from xmr.encoders.bundled import BUNDLED_DECODERS, DEFAULT_TEXT_MODEL
 from xmr.encoders.sentence_transformer import SentenceTransformerEncoder
 from xmr.errors import EncoderError
@@ -22,6 +31,7 @@ LAZY_TYPES = {
 __all__ = [
     "DEFAULT_TEXT_MODEL",
     "DecoderEncoder",
+    "DenseEncoder",
     "ENCODER_TYPES",
     "Encoder",
     "FusedEncoder",

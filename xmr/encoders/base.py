@@ -1,8 +1,9 @@
 """The encoder interface every xmr encoder implements, and the registry that rebuilds encoders from configs.
 
-An encoder turns queries and labels into vectors for one index. Its ``output`` says what kind: ``"dense"``
-(float32 ``(n, dim)``, searched by inner product) is what exists today; binary hash codes (Hamming) and
-token-level vectors (late interaction) plug in as other ``output`` kinds with their own index metric.
+An encoder turns queries and labels into one :mod:`~xmr.representations` type, declared by ``representation``:
+dense vectors (:class:`DenseEncoder`, searched by inner product), binary hash codes (Hamming) or token vectors
+(late interaction). ``encode(items, side)`` is the one entry point index stages use; :meth:`representation_spec`
+is what an index folder records and checks on load.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from xmr.errors import EncoderError, UnsupportedOperation
+from xmr.representations import REPRESENTATIONS, DenseVectors, Representation
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +28,7 @@ Item = str | Mapping[str, Any]
 ENCODER_TYPES: dict[str, type[Encoder]] = {}
 ENCODER_FILE = "xmr_encoder.json"  # the config inside an encoder folder (trained or saved encoders)
 FOLDER_PATH_KEYS = ("model", "adapter", "projection_file", "text")  # config paths that are relative to that folder
+SIDES = ("query", "label")
 
 
 def register_encoder(type_name: str):
@@ -40,28 +43,32 @@ def register_encoder(type_name: str):
 
 
 class Encoder(ABC):
-    """Maps queries and labels to vectors; ``config()`` is enough to rebuild an identical encoder."""
+    """Maps queries and labels to a representation; ``config()`` is enough to rebuild an identical encoder."""
 
     type_name: ClassVar[str]
-    output: ClassVar[str] = "dense"
-    metric: ClassVar[str] = "inner_product"
+    representation: ClassVar[str] = DenseVectors.kind  # a key of representations.REPRESENTATIONS
     # Config keys that change speed or placement but never the vectors; ignored when comparing encoders.
     runtime_keys: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "show_progress"})
 
-    normalize: bool
+    normalize: bool = False
 
     @property
     @abstractmethod
     def dim(self) -> int:
-        """Length of each output vector."""
+        """Length of each output vector (bits, for binary codes)."""
+
+    @property
+    def metric(self) -> str:
+        return REPRESENTATIONS[self.representation].metric
 
     @abstractmethod
-    def encode_queries(self, items: Sequence[Item]) -> np.ndarray:
-        """Vectors for queries, float32 ``(len(items), dim)``."""
+    def encode(self, items: Sequence[Item], side: str) -> Representation:
+        """The representation of queries (``side="query"``) or labels (``side="label"``), row i = item i."""
 
-    @abstractmethod
-    def encode_labels(self, items: Sequence[Item]) -> np.ndarray:
-        """Vectors for labels, float32 ``(len(items), dim)``."""
+    def representation_spec(self) -> dict[str, Any]:
+        """What :meth:`encode` returns (kind, metric, size), as an index manifest records it; the same keys as the
+        representation's own ``spec()`` (binary encoders report ``bits``)."""
+        return {"kind": self.representation, "metric": self.metric, "dim": self.dim}
 
     @abstractmethod
     def config(self) -> dict[str, Any]:
@@ -99,6 +106,31 @@ class Encoder(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity()})"
+
+
+class DenseEncoder(Encoder):
+    """An encoder of float32 ``(n, dim)`` vectors; ``encode_queries``/``encode_labels`` give the bare arrays."""
+
+    @abstractmethod
+    def encode_queries(self, items: Sequence[Item]) -> np.ndarray:
+        """Vectors for queries, float32 ``(len(items), dim)``."""
+
+    @abstractmethod
+    def encode_labels(self, items: Sequence[Item]) -> np.ndarray:
+        """Vectors for labels, float32 ``(len(items), dim)``."""
+
+    def representation_spec(self) -> dict[str, Any]:
+        return super().representation_spec() | {"normalized": bool(self.normalize)}
+
+    def encode(self, items: Sequence[Item], side: str) -> DenseVectors:
+        check_side(side)
+        vectors = self.encode_queries(items) if side == "query" else self.encode_labels(items)
+        return DenseVectors(vectors, normalized=bool(self.normalize))
+
+
+def check_side(side: str) -> None:
+    if side not in SIDES:
+        raise EncoderError(f"side must be 'query' or 'label', got {side!r}")
 
 
 def item_texts(items: Sequence[Item], encoder_name: str) -> list[str]:

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from xmr.encoders.base import ENCODER_FILE, Encoder, Item, item_texts, quiet_weight_loading, register_encoder
+from xmr.encoders.base import (
+    ENCODER_FILE,
+    DenseEncoder,
+    Encoder,
+    Item,
+    item_texts,
+    quiet_weight_loading,
+    register_encoder,
+)
 from xmr.encoders.bundled import BUNDLED_DECODERS
 from xmr.encoders.pooling import POOLINGS, pool, position_ids
 from xmr.errors import EncoderError
@@ -83,7 +91,7 @@ def _torch_dtype(name: str, device: str) -> torch.dtype:
 
 
 @register_encoder("decoder-llm")
-class DecoderEncoder(Encoder):
+class DecoderEncoder(DenseEncoder):
     """A causal LM's backbone as an embedder; prompt templates contain ``{text}`` and the EOS token is appended."""
 
     def __init__(

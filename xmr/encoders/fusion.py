@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from xmr.encoders.base import ENCODER_FILE, Encoder, Item, register_encoder
+from xmr.encoders.base import ENCODER_FILE, DenseEncoder, Encoder, Item, register_encoder
 from xmr.encoders.decoder import DecoderEncoder
 from xmr.encoders.image import ImageTower
 from xmr.encoders.pooling import mean_pool, pool, position_ids
@@ -44,7 +44,7 @@ def item_parts(item: Item) -> tuple[str, list[str]]:
 
 
 @register_encoder("fused")
-class FusedEncoder(Encoder):
+class FusedEncoder(DenseEncoder):
     """A text encoder (sentence-transformers or decoder LLM) that also reads up to ``max_images`` images per item."""
 
     def __init__(

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xmr.encoders.base import ENCODER_FILE, Encoder, Item, item_texts, quiet_weight_loading, register_encoder
+from xmr.encoders.base import (
+    ENCODER_FILE,
+    DenseEncoder,
+    Item,
+    item_texts,
+    quiet_weight_loading,
+    register_encoder,
+)
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, canonical_model_name, resolve_model_location
 from xmr.errors import EncoderError
 
@@ -51,7 +58,7 @@ OPENVINO_UNSUPPORTED = (
 
 
 @register_encoder("sentence-transformers")
-class SentenceTransformerEncoder(Encoder):
+class SentenceTransformerEncoder(DenseEncoder):
     """A sentence-transformers model; prompts are prepended to queries and labels respectively.
 
     sentence-transformers batches inputs sorted by length (little padding waste) under ``torch.inference_mode``.
