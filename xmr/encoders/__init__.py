@@ -37,6 +37,8 @@ __all__ = [
     "FusedEncoder",
     "Item",
     "SentenceTransformerEncoder",
+    "encoder_class",
+    "encoder_config",
     "item_texts",
     "load_encoder",
     "register_encoder",
@@ -54,28 +56,36 @@ def load_encoder(spec: str | Path | Mapping[str, Any] | Encoder = DEFAULT_TEXT_M
         if options:
             raise EncoderError("options cannot be applied to an already built encoder")
         return spec
+    config = encoder_config(spec) | options
+    return encoder_class(config.get("type")).from_config(config)
+
+
+def encoder_config(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """The config ``load_encoder(spec)`` would build from, without building anything."""
     if isinstance(spec, Mapping):
-        config = dict(spec)
-    elif str(spec).endswith(".json") and Path(spec).is_file():
-        config = _read_config(Path(spec))
-    elif (Path(spec) / ENCODER_FILE).is_file():
+        return dict(spec)
+    if str(spec).endswith(".json") and Path(spec).is_file():
+        return _read_config(Path(spec))
+    if (Path(spec) / ENCODER_FILE).is_file():
         folder = Path(spec)
         config = _read_config(folder / ENCODER_FILE)
         for key in FOLDER_PATH_KEYS:
             value = config.get(key)
             if isinstance(value, str) and (folder / value).exists():
                 config[key] = str((folder / value).resolve())
-    elif str(spec) in BUNDLED_DECODERS:
-        config = {"type": "decoder-llm", "model": str(spec)}
-    else:
-        config = {"type": SentenceTransformerEncoder.type_name, "model": str(spec)}
-    config.update(options)
-    type_name = config.get("type")
+        return config
+    if str(spec) in BUNDLED_DECODERS:
+        return {"type": "decoder-llm", "model": str(spec)}
+    return {"type": SentenceTransformerEncoder.type_name, "model": str(spec)}
+
+
+def encoder_class(type_name: Any) -> type[Encoder]:
+    """The registered class of an encoder type (lazy types are imported on first use)."""
     if type_name in LAZY_TYPES and type_name not in ENCODER_TYPES:
         importlib.import_module(LAZY_TYPES[type_name][0])  # registers the class
     if type_name not in ENCODER_TYPES:
         raise EncoderError(f"unknown encoder type {type_name!r}; known: {sorted(set(ENCODER_TYPES) | set(LAZY_TYPES))}")
-    return ENCODER_TYPES[type_name].from_config(config)
+    return ENCODER_TYPES[type_name]
 
 
 def __getattr__(name: str) -> Any:
