@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from xmr.catalogue import LabelCatalogue
-from xmr.demo import esco_skills_csv, match_by_preferred_name
+from xmr.demo.esco import esco_skills_csv, match_by_preferred_name
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 MIN_WORDS = 4

@@ -1,5 +1,5 @@
 from xmr.catalogue import LabelCatalogue
-from xmr.demo import esco_skills_csv, match_by_preferred_name
+from xmr.demo.esco import esco_skills_csv, match_by_preferred_name
 
 
 def test_benchmark_labels_match_package_skills_by_preferred_name():

@@ -5,17 +5,25 @@ from xmr.catalogue import LabelCatalogue
 from xmr.encoders import Encoder, load_encoder
 from xmr.errors import CatalogueError, EncoderError, IndexFolderError, UnsupportedOperation, XMRError
 from xmr.evaluation import evaluate
-from xmr.index import LabelIndex, build_index, build_index_from_embeddings, load_index
+from xmr.index import LabelIndex, ShardedIndex, build_index, build_index_from_embeddings, load_index
+from xmr.predictor import Predictor, load_predictor
+from xmr.representations import BinaryCodes, DenseVectors, Representation, TokenVectors
 from xmr.search import SearchResult
 
 __all__ = [
+    "BinaryCodes",
     "CatalogueError",
+    "DenseVectors",
     "Encoder",
     "EncoderError",
     "IndexFolderError",
     "LabelCatalogue",
     "LabelIndex",
+    "Predictor",
+    "Representation",
     "SearchResult",
+    "ShardedIndex",
+    "TokenVectors",
     "UnsupportedOperation",
     "XMRError",
     "__version__",
@@ -24,4 +32,5 @@ __all__ = [
     "evaluate",
     "load_encoder",
     "load_index",
+    "load_predictor",
 ]

@@ -30,11 +30,47 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-device", help="search on a GPU, e.g. cuda (faiss-gpu, or exact torch search)")
 
 
-def _open_index(args: argparse.Namespace, verify: bool = True) -> Any:
-    from xmr.index import load_index
+def _open_predictor(args: argparse.Namespace, verify: bool = True) -> Any:
+    """Any predictor folder (label index, sharded index, ...), on a search device if asked."""
+    from xmr.predictor import load_predictor
 
-    index = load_index(args.index, verify=verify, mmap=args.mmap)
-    return index.to_device(args.search_device) if args.search_device else index
+    predictor = load_predictor(args.index, verify=verify, mmap=args.mmap)
+    if args.search_device:
+        if not hasattr(predictor, "to_device"):
+            raise XMRError(f"--search-device: a {predictor.kind} predictor does not search on a device")
+        predictor.to_device(args.search_device)
+    return predictor
+
+
+# xmr build flags that set encoder options, and the option each encoder type calls them by
+ENCODER_FLAGS = {"query_prompt": "--query-prompt", "label_prompt": "--label-prompt",
+                 "max_seq_length": "--max-seq-length", "device": "--device", "batch_size": "--batch-size",
+                 "normalize": "--no-normalize"}
+OPTION_NAMES = {"decoder-llm": {"max_seq_length": "max_length"}}
+
+
+def _encoder_options(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The encoder options the build flags ask for, under the names the encoder type takes; a flag the type has no
+    option for is an error naming the flag and the type (never silently passed on)."""
+    import inspect
+
+    from xmr.encoders import encoder_class, encoder_config
+
+    asked = {name: getattr(args, name) for name in ENCODER_FLAGS if name != "normalize"}
+    asked = {name: value for name, value in asked.items() if value is not None}
+    if args.no_normalize:
+        asked["normalize"] = False
+    type_name = encoder_config(spec).get("type")
+    accepted = set(inspect.signature(encoder_class(type_name).__init__).parameters)
+    renamed = OPTION_NAMES.get(type_name, {})
+    options = {}
+    for name, value in asked.items():
+        option = renamed.get(name, name)
+        if option not in accepted:
+            raise XMRError(f"{ENCODER_FLAGS[name]} does not apply to {type_name!r} encoders; set their own options "
+                           "in an encoder config (.json) instead")
+        options[option] = value
+    return options
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -45,24 +81,17 @@ def cmd_build(args: argparse.Namespace) -> None:
     catalogue = LabelCatalogue.from_file(
         args.labels, id_field=args.id_field, text_field=args.text_field, image_field=args.image_field
     )
-    options: dict[str, Any] = {}
-    if args.no_normalize:
-        options["normalize"] = False
-    for name in ("query_prompt", "label_prompt", "max_seq_length", "device", "batch_size"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    encoder = load_encoder(args.encoder, **options)
     if args.recipe and args.factory:
         raise XMRError("give --recipe or --factory, not both")
+    encoder = load_encoder(args.encoder, **_encoder_options(args.encoder, args))
     index = build_index(catalogue, encoder, args.out, factory=args.factory or "Flat",
                         search_params=_search_params(args), train_size=args.train_size, recipe=args.recipe,
                         max_memory=args.max_memory, target_recall=args.target_recall)
-    faiss_info = index.manifest["faiss"]
-    print(f"built {args.out}: {len(index)} labels, {index.dim}-d, {faiss_info['structure']}, search "
-          f"{faiss_info['search_params'] or 'exact'}" + (f", rerank {faiss_info['rerank']}" if faiss_info["rerank"]
-                                                         else ""))
-    if faiss_info["recipe"].get("reason"):
-        print(f"recipe: {faiss_info['recipe']['reason']}")
+    spec = index.representation
+    print(f"built {args.out}: {len(index)} labels, {spec['kind']} {index.dim}-{'bit' if 'bits' in spec else 'd'}, "
+          f"{index.describe()['structure']} ({index.candidates.structure}), search {index.knobs() or 'exact'}")
+    if index.manifest["recipe"].get("reason"):
+        print(f"recipe: {index.manifest['recipe']['reason']}")
 
 
 def _read_queries(args: argparse.Namespace) -> list[str | dict]:
@@ -104,8 +133,8 @@ def _describe_query(query: str | dict) -> str:
 def cmd_query(args: argparse.Namespace) -> None:
 
     queries = _read_queries(args)
-    index = _open_index(args, verify=not args.no_verify)
-    result = index.search(queries, k=args.k, **_search_params(args))
+    predictor = _open_predictor(args, verify=not args.no_verify)
+    result = predictor.predict(queries, k=args.k, **_search_params(args))
     for number, (query, hits) in enumerate(zip(queries, result.to_records(), strict=True)):
         if args.json:
             print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))
@@ -116,24 +145,30 @@ def cmd_query(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from xmr.index import load_index
+    from xmr.predictor import load_predictor
 
-    info = load_index(args.index, verify=not args.no_verify).info()
+    predictor = load_predictor(args.index, verify=not args.no_verify)
     if args.json:
-        print(json.dumps(info, indent=2, ensure_ascii=False))
+        info = predictor.info() if hasattr(predictor, "info") else predictor.describe()
+        print(json.dumps(info, indent=2, ensure_ascii=False, default=str))
         return
-    manifest = info["manifest"]
-    encoder = manifest["encoder"]
-    print(f"index        {info['path']}")
-    print(f"labels       {info['labels']} (ids: {manifest['labels']['id_type']}, from {manifest['labels']['source']})")
+    described = predictor.describe()
+    manifest = getattr(predictor, "manifest", {})
+    encoder = described["encoder"] or {}
+    spec = described["representation"]
+    print(f"{described['kind']:<12} {described['path']}")
+    print(f"labels       {described['labels']}" + (f" (ids: {manifest['labels']['id_type']}, from "
+                                                    f"{manifest['labels']['source']})" if "labels" in manifest else ""))
     print(f"encoder      {encoder.get('type')}: {encoder.get('model', '')}")
-    print(f"vectors      {info['vectors']} x {manifest['dim']}, {manifest['metric']} "
-          f"({manifest['similarity']}), {manifest['output']}")
-    print(f"faiss        {manifest['faiss']['factory']} -> {info['faiss_structure']}, "
-          f"search parameters {info['search_parameters'] or '{}'}")
-    print(f"created      {manifest['created_at']} with xmr {manifest['xmr_version']}, "
-          f"faiss {manifest['faiss']['faiss_version']}")
-    for name, entry in manifest["files"].items():
+    print(f"represents   {spec['kind']}, {spec['metric']}, " + ", ".join(
+        f"{key} {spec[key]}" for key in ("dim", "bits", "normalized") if key in spec))
+    print(f"pipeline     {described['structure']}, search parameters {described['params'] or '{}'}")
+    for stage in manifest.get("stages", []):
+        print(f"stage        {stage['role']}: {stage['type']} " + ", ".join(
+            f"{key} {value}" for key, value in stage.items() if key not in ("role", "type", "files")))
+    if manifest.get("created_at"):
+        print(f"created      {manifest['created_at']} with xmr {manifest.get('xmr_version')}")
+    for name, entry in manifest.get("files", {}).items():
         print(f"file         {name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}...")
 
 
@@ -149,7 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from xmr.metrics import PROPENSITY_PRESETS
 
     propensity = tuple(args.propensity) if args.propensity else PROPENSITY_PRESETS[args.propensity_preset]
-    result = evaluate(_open_index(args), args.test, ks=args.k, propensity=propensity, train=args.train,
+    result = evaluate(_open_predictor(args), args.test, ks=args.k, propensity=propensity, train=args.train,
                       filter_labels=args.filter, group_by=args.group_by, batch_size=args.batch_size,
                       modality=args.modality, **_search_params(args))
     if args.out:

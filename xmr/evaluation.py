@@ -1,7 +1,8 @@
-"""Offline evaluation of an index on labelled queries.
+"""Offline evaluation of any predictor (label index, sharded index, classifier head, set decoder) on labelled queries.
 
-Queries are encoded and searched in batches and only the top-K label ids per query are kept, so memory grows with
-n x K, never with n x L. Metrics come from :mod:`xmr.metrics`; propensities are counted on the training split.
+Queries are predicted in batches and only the top-K catalogue rows per query are kept, so memory grows with n x K,
+never with n x L. Metrics come from :mod:`xmr.metrics`; propensities are counted on the training split. Predictors
+that encode queries separately (indexes) are timed per phase and may be given precomputed query representations.
 """
 
 from __future__ import annotations
@@ -15,26 +16,28 @@ from typing import Any
 import numpy as np
 
 from xmr import metrics as m
-from xmr.catalogue import LabelId
+from xmr.catalogue import LabelCatalogue, LabelId
 from xmr.datasets import Instances, read_filter_pairs, read_instances, read_label_lists
-from xmr.index import LabelIndex
+from xmr.errors import XMRError
+from xmr.predictor import Predictor
+from xmr.representations import Representation
 
 DECILE_K = 5
 
 
-def truth_as_internal_ids(index: LabelIndex, labels: Sequence[Sequence[LabelId]]) -> tuple[list[np.ndarray], int]:
-    """True labels as the index's internal ids; labels missing from the catalogue get ids no search returns.
+def truth_as_rows(catalogue: LabelCatalogue, labels: Sequence[Sequence[LabelId]]) -> tuple[list[np.ndarray], int]:
+    """True labels as catalogue rows; labels missing from the catalogue get rows no predictor returns.
 
     Returns the mapped arrays and how many label occurrences were missing (they stay in recall's denominator).
     """
-    unreachable = int(index.manifest["next_internal_id"])
+    unreachable = len(catalogue)
     missing: dict[LabelId, int] = {}
     mapped = []
     for query_labels in labels:
         row = []
         for label_id in query_labels:
-            if label_id in index.catalogue:
-                row.append(index.internal_id(label_id))
+            if label_id in catalogue:
+                row.append(catalogue.position(label_id))
             else:
                 row.append(missing.setdefault(label_id, unreachable + len(missing)))
         mapped.append(np.array(row, dtype=np.int64))
@@ -42,28 +45,40 @@ def truth_as_internal_ids(index: LabelIndex, labels: Sequence[Sequence[LabelId]]
     return mapped, occurrences
 
 
-def predict(index: LabelIndex, queries: Sequence[Any] | np.ndarray, k: int, batch_size: int = 1024,
-            exclude: Mapping[int, set[int]] | None = None, **search_params: int) -> tuple[np.ndarray, dict[str, float]]:
-    """Top-k internal label ids per query, encoded and searched batch by batch.
+def predict_rows(predictor: Predictor, queries: Sequence[Any] | Representation | np.ndarray, k: int,
+                 batch_size: int = 1024, exclude: Mapping[int, set[int]] | None = None,
+                 **options: int) -> tuple[np.ndarray, dict[str, float]]:
+    """Top-k catalogue rows per query, predicted batch by batch.
 
-    ``queries`` are texts, or precomputed float32 vectors (a ``np.memmap`` keeps memory bounded);
-    ``exclude`` drops internal ids per query row (reciprocal-pair filtering).
+    ``queries`` are items, or (predictors that encode queries) a precomputed representation or float32 array (a
+    ``np.memmap`` keeps memory bounded); ``exclude`` drops catalogue rows per query (reciprocal-pair filtering).
     """
     exclude = exclude or {}
-    depth = k + max((len(ids) for ids in exclude.values()), default=0)
+    if isinstance(queries, (Representation, np.ndarray)) and not predictor.encodes_queries:
+        raise XMRError(f"a {predictor.kind} predictor takes query items, not precomputed query vectors")
+    depth = k + max((len(rows) for rows in exclude.values()), default=0)
     predictions = np.full((len(queries), k), -1, dtype=np.int64)
     encode_seconds = search_seconds = 0.0
     for start in range(0, len(queries), batch_size):
+        block = slice(start, start + batch_size)
         tick = time.perf_counter()
-        if isinstance(queries, np.ndarray):
-            vectors = np.asarray(queries[start:start + batch_size], dtype=np.float32)
+        if isinstance(queries, Representation):
+            batch = queries.take(np.arange(len(queries))[block])
+        elif isinstance(queries, np.ndarray):
+            batch = np.asarray(queries[block], dtype=np.float32)
+        elif predictor.encodes_queries:
+            batch = predictor.encode_queries(list(queries[block]))
         else:
-            vectors = index.encoder.encode_queries(list(queries[start:start + batch_size]))
+            batch = list(queries[block])
         encode_seconds += time.perf_counter() - tick
         tick = time.perf_counter()
-        found = index.search_embeddings(vectors, k=depth, **search_params).ids
+        if predictor.encodes_queries:
+            found = predictor.predict_encoded(batch, k=depth, **options).rows
+        else:
+            found = predictor.predict(batch, k=depth, **options).rows
         search_seconds += time.perf_counter() - tick
         for offset, row in enumerate(found):
+            row = row[row >= 0]
             dropped = exclude.get(start + offset)
             if dropped:
                 row = row[~np.isin(row, list(dropped))]
@@ -98,7 +113,7 @@ def ranking_metrics(pred: np.ndarray, truth: list[np.ndarray], ks: Sequence[int]
 
 
 def evaluate(
-    index: LabelIndex,
+    predictor: Predictor,
     dataset: Instances | str | Path,
     ks: Sequence[int] = (1, 3, 5),
     propensity: tuple[float, float] = m.PROPENSITY_PRESETS["default"],
@@ -106,41 +121,42 @@ def evaluate(
     filter_labels: str | Path | Mapping[int, set[int]] | None = None,
     group_by: str | None = None,
     batch_size: int = 1024,
-    query_vectors: np.ndarray | None = None,
+    query_vectors: Representation | np.ndarray | None = None,
     modality: str = "all",
     **search_params: int,
 ) -> dict[str, Any]:
-    """Score ``index`` on labelled queries; returns every metric, curves, deciles, groups and timings.
+    """Score any ``predictor`` on labelled queries; returns every metric, curves, deciles, groups and timings.
 
     ``train`` (instances or a file, including sparse BoW) gives the label counts for PSP/PSnDCG (Jain et al.
     propensities with ``propensity=(A, B)``) and for the frequency deciles; without it PS metrics are omitted and
     deciles use test counts. ``filter_labels`` (file or row -> label ids) removes reciprocal (query, label) pairs
     from predictions and truth. ``group_by`` names a record field (e.g. ESCO's ``subset``) to report per group.
-    ``query_vectors`` (row i = query i) replaces encoding the queries. ``modality`` picks what a query is when
-    the data has images: ``all`` (text and images), ``text`` or ``image``.
+    ``query_vectors`` (row i = query i; predictors that encode queries) replaces encoding the queries.
+    ``modality`` picks what a query is when the data has images: ``all`` (text and images), ``text`` or ``image``.
     """
     started = time.perf_counter()
     instances = dataset if isinstance(dataset, Instances) else read_instances(dataset)
     ks = sorted(set(int(k) for k in ks))
     depth = max(ks)
-    truth, missing = truth_as_internal_ids(index, instances.labels)
+    catalogue = predictor.catalogue
+    truth, missing = truth_as_rows(catalogue, instances.labels)
     pairs = read_filter_pairs(filter_labels) if isinstance(filter_labels, (str, Path)) else (filter_labels or {})
     exclude: dict[int, set[int]] = {}
     for row, label_ids in pairs.items():
         if 0 <= row < len(instances):
-            internal = {index.internal_id(label) for label in label_ids if label in index.catalogue}
-            exclude[row] = internal
-            truth[row] = truth[row][~np.isin(truth[row], list(internal))]
+            rows = {catalogue.position(label) for label in label_ids if label in catalogue}
+            exclude[row] = rows
+            truth[row] = truth[row][~np.isin(truth[row], list(rows))]
     queries = instances.items(modality) if query_vectors is None else query_vectors
     if len(queries) != len(instances):
-        raise ValueError(f"{len(queries)} query vectors for {len(instances)} queries")
-    predictions, timings = predict(index, queries, depth, batch_size, exclude, **search_params)
+        raise XMRError(f"{len(queries)} query vectors for {len(instances)} queries in {instances.source}")
+    predictions, timings = predict_rows(predictor, queries, depth, batch_size, exclude, **search_params)
 
-    table_size = int(index.manifest["next_internal_id"])
+    table_size = len(catalogue)
     inv_propensity = None
     if train is not None:
         train_labels = train.labels if isinstance(train, Instances) else read_label_lists(train)
-        train_truth, _ = truth_as_internal_ids(index, train_labels)
+        train_truth, _ = truth_as_rows(catalogue, train_labels)
         clean = [labels[labels < table_size] for labels in train_truth]  # labels missing from the index
         counts = m.label_counts(clean, table_size)
         inv_propensity = m.inverse_propensity(clean, table_size, *propensity)
@@ -163,15 +179,17 @@ def evaluate(
                 predictions[rows], [truth[row] for row in rows], ks, inv_propensity)}
     timings["total_s"] = time.perf_counter() - started
     timings["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    described = predictor.describe()
     return {
         "dataset": instances.source,
         "queries": len(instances),
         "modality": modality if instances.images else "text",
-        "index": str(index.path) if index.path else None,
-        "encoder": index.manifest["encoder"],
-        "faiss": index.manifest["faiss"]["factory"],
-        "search_params": search_params or index.manifest["faiss"].get("search_params", {}),
-        "labels_in_index": len(index),
+        "predictor": described,
+        "index": described["path"],
+        "encoder": described["encoder"] or {},
+        "structure": described["structure"],
+        "search_params": search_params or described["params"],
+        "labels_in_index": len(catalogue),
         "true_labels_missing_from_index": missing,
         "ks": ks,
         "propensity": {"A": propensity[0], "B": propensity[1], "train": getattr(train, "source", str(train))}

@@ -31,6 +31,11 @@ def metrics_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _structure(result: dict[str, Any]) -> str:
+    """What answered the queries; run folders written before predictors existed name a FAISS factory."""
+    return result.get("structure") or f"faiss {result.get('faiss', '?')}"
+
+
 def render_report(result: dict[str, Any], name: str) -> str:
     """The human-readable report of one run."""
     timings = result["timings"]
@@ -40,7 +45,7 @@ def render_report(result: dict[str, Any], name: str) -> str:
         "",
         f"- dataset: `{result['dataset']}` ({result['queries']} queries, "
         f"query modality: {result.get('modality', 'text')})",
-        f"- index: `{result['index']}` ({result['labels_in_index']} labels, FAISS `{result['faiss']}`, "
+        f"- predictor: `{result['index']}` ({result['labels_in_index']} labels, `{_structure(result)}`, "
         f"search parameters {result['search_params'] or '{}'})",
         f"- encoder: `{result['encoder'].get('type')}` `{result['encoder'].get('model', '')}`",
         f"- true label occurrences missing from the index: {result['true_labels_missing_from_index']}",

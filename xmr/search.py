@@ -1,4 +1,10 @@
-"""The one search result type every index returns: top-k label ids and scores per query, best first."""
+"""The one result type every predictor returns: ranked labels per query, and optionally a predicted label set.
+
+Scores are "higher is better" whatever produced them (cosine, inner product, agreeing hash bits, a classifier's
+probability); ``score`` names which. A slot without a label (fewer labels than ``k``, or a predictor that returns
+fewer) has row and id ``-1`` and a NaN score: there is no score to compare, and :attr:`found` says which slots hold
+a label.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +18,33 @@ from xmr.catalogue import LabelCatalogue, LabelId
 
 @dataclass
 class SearchResult:
-    """``ids`` int64 ``(n, k)`` internal label ids and ``scores`` float32 ``(n, k)``, best first.
+    """``rows`` int64 ``(n, k)`` catalogue rows best first, ``ids`` the predictor's internal label ids, ``scores``
+    float32 ``(n, k)``; ``sets`` (optional) the predicted label set of each query as catalogue rows, for set metrics
+    (F1) of predictors that decide how many labels apply.
 
-    Slots past the number of labels hold id ``-1`` and score ``-inf``. Internal ids are the label's row at
-    index creation, so for a catalogue whose ids are ``0..L-1`` in file order they equal the label ids;
-    :meth:`labels` and :meth:`label_ids` always give the catalogue's own ids.
+    Internal ids are the label's row at index creation, so for a catalogue whose ids are ``0..L-1`` in file order
+    they equal the label ids; :meth:`labels` and :meth:`label_ids` always give the catalogue's own ids.
     """
 
     ids: np.ndarray
     scores: np.ndarray
-    rows: np.ndarray  # catalogue row per slot, -1 where empty
+    rows: np.ndarray
     catalogue: LabelCatalogue
+    score: str = "score"
+    sets: list[np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        self.rows = np.asarray(self.rows, dtype=np.int64)
+        self.ids = np.where(self.rows >= 0, np.asarray(self.ids, dtype=np.int64), -1)
+        self.scores = np.where(self.rows >= 0, np.asarray(self.scores, dtype=np.float32), np.float32(np.nan))
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.rows)
+
+    @property
+    def found(self) -> np.ndarray:
+        """Boolean ``(n, k)``: which slots hold a label."""
+        return self.rows >= 0
 
     def label_ids(self, query: int) -> list[LabelId]:
         """The catalogue ids of the hits for one query."""

@@ -1,94 +1,63 @@
-"""The index folder on disk: atomic writes, ``manifest.json`` with SHA-256 checksums, and verification on load.
+"""Predictor folders on disk: ``manifest.json`` with SHA-256 checksums, atomic writes, verification on load.
 
-A folder is written into a hidden temporary sibling and renamed into place only when complete, so an
-interrupted build never leaves a half-written index and never destroys the previous one.
+Format version 2 (written since the stage design)::
+
+    format, format_version: 2, kind ("label-index", "sharded-index", ...), xmr_version, created_at, written_at
+    encoder         the encoder identity (``{"type": "none"}`` for indexes of precomputed vectors)
+    representation  {"kind", "metric", "dim" | "bits", "normalized"}: what the encoder emits and the stages hold
+    labels          {"file", "source", "id_type", "count", "has_images", "next_internal_id"}
+    stages          [{"role": "candidates", "type": "faiss", "files": [...], ...knobs}, {"role": "rerank", ...}]
+    recipe          the index recipe that chose the stages, and why
+    files           {name: {"sha256", "bytes"}} for every data file
+
+Version-1 folders (one FAISS index, ``faiss`` section, optional ``vectors.npy``) are read through
+:func:`upgrade_v1`, so they keep loading unchanged.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from xmr.errors import IndexFolderError
+from xmr.io.atomic import sha256_file, write_folder_atomically
 
 FORMAT = "xmr-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_index_folder(out: Path, write_files: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
     """Write a complete folder atomically.
 
     ``write_files(tmp)`` writes the data files into ``tmp`` and returns the manifest body; this function adds
-    format, timestamps and checksums, writes ``manifest.json``, then swaps the folder into ``out``.
+    format, timestamps and checksums, writes ``manifest.json``, then swaps the folder into ``out``. An existing
+    ``out`` that is not an xmr folder (non-empty, no manifest) is refused.
     """
     out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
         raise IndexFolderError(f"{out}: exists and is not an xmr index folder; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        body = write_files(tmp)
-        files = {
-            path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-            for path in sorted(tmp.iterdir())
-            if path.is_file()
-        }
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            **body,
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "files": files,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        _fsync_folder(tmp)
-        swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    return write_folder_atomically(out, lambda tmp: write_manifest(tmp, write_files(tmp)), fsync=True)
+
+
+def write_manifest(folder: Path, body: dict[str, Any]) -> dict[str, Any]:
+    """Add format, timestamp and the checksums of every file directly in ``folder`` to ``body``; write it as
+    ``folder/manifest.json`` and return it."""
+    files = {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+             for path in sorted(Path(folder).iterdir()) if path.is_file()}
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **body,
+                "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": files}
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
 
-def _fsync_folder(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
-
-
-def swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted only after the swap."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rmdir(old)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of an index folder, checked for format and version."""
+    """The manifest of a predictor folder, checked for format and version; version 1 is upgraded in memory."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -97,20 +66,57 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise IndexFolderError(f"{path}: corrupted manifest (line {error.lineno}: {error.msg})") from None
-    if manifest.get("format") != FORMAT:
-        raise IndexFolderError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise IndexFolderError(f"{path}: format is {found!r}, expected {FORMAT!r}")
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise IndexFolderError(
             f"{path}: format version {manifest.get('format_version')} is not supported "
-            f"(this xmr reads version {FORMAT_VERSION}); rebuild the index"
+            f"(this xmr reads versions {', '.join(map(str, READABLE_VERSIONS))}); rebuild the index"
         )
-    return manifest
+    return upgrade_v1(manifest) if manifest["format_version"] == 1 else manifest
+
+
+def upgrade_v1(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 manifest in the version-2 layout (same files, same meaning)."""
+    faiss_section = manifest["faiss"]
+    stages = [{"role": "candidates", "type": "faiss", "files": ["index.faiss"],
+               **{key: faiss_section[key] for key in ("factory", "structure", "search_params", "trained_on",
+                                                       "faiss_version") if key in faiss_section},
+               "build": faiss_section.get("recipe", {}).get("build", {})}]
+    if faiss_section.get("rerank") and "vectors.npy" in manifest.get("files", {}):
+        stages.append({"role": "rerank", "type": "exact-dense", "files": ["vectors.npy"],
+                       "depth": int(faiss_section["rerank"])})
+    return {
+        "format": FORMAT,
+        "format_version": 1,
+        "kind": "label-index",
+        "xmr_version": manifest.get("xmr_version"),
+        "created_at": manifest.get("created_at"),
+        "written_at": manifest.get("written_at"),
+        "encoder": manifest["encoder"],
+        "representation": {"kind": manifest.get("output", "dense"), "metric": manifest["metric"],
+                           "dim": manifest["dim"], "normalized": bool(manifest.get("normalized", False))},
+        "labels": {"file": "labels.parquet", **manifest["labels"], "next_internal_id": manifest["next_internal_id"]},
+        "stages": stages,
+        "recipe": {**faiss_section.get("recipe", {}), "factory": faiss_section.get("factory"),
+                   "rerank": faiss_section.get("rerank", 0)},
+        "files": manifest.get("files", {}),
+    }
 
 
 def verify_files(folder: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
-    """Refuse a folder whose files are missing, resized or (``checksums``) changed since the manifest was written."""
+    """Refuse a folder whose files are missing, resized or (``checksums``) changed since the manifest was written,
+    or whose stages use a file the manifest does not list."""
     folder = Path(folder)
-    for name, expected in manifest.get("files", {}).items():
+    listed = manifest.get("files", {})
+    used = [name for stage in manifest.get("stages", []) for name in stage.get("files", [])]
+    if "labels" in manifest:
+        used.append(manifest["labels"].get("file", "labels.parquet"))
+    unlisted = sorted(set(used) - set(listed))
+    if unlisted:
+        raise IndexFolderError(f"{folder}: {MANIFEST} has no checksum for {unlisted}; refusing to use them")
+    for name, expected in listed.items():
         path = folder / name
         if not path.is_file():
             raise IndexFolderError(f"{path}: missing (listed in {MANIFEST})")

@@ -1,12 +1,15 @@
-"""LabelIndex: a label catalogue, its vectors in a FAISS index, and the encoder that made them, as one folder.
+"""LabelIndex: a label catalogue, a pipeline of index stages, and the encoder that feeds them, as one folder.
 
-Folder layout (see ``folder.py`` for atomicity and checksums)::
+Folder layout (manifest format in ``folder.py``)::
 
-    manifest.json    format, encoder config, dim, metric, FAISS factory and knobs, label count, checksums
-    index.faiss      the FAISS index; its ids are the labels' internal ids
-    labels.parquet   the catalogue (id, text, image, metadata) plus the ``internal_id`` column
-    vectors.npy      float32 label vectors in catalogue row order, only for recipes that re-rank exactly
-                     (compressed codes find candidates; these re-score them; opened memory-mapped)
+    manifest.json     kind, encoder, representation, labels, stages (in order), recipe, checksums
+    labels.parquet    the label store: the catalogue (id, text, images, metadata) plus the ``internal_id`` column
+    <stage files>     each stage's own files, e.g. index.faiss (candidates ``faiss``), index.binary.faiss
+                      (``faiss-binary``), vectors.npy (re-rank ``exact-dense``, opened memory-mapped)
+
+A search encodes the queries into the encoder's representation, asks the candidate stage for the top candidates
+(as deep as the re-rank stages need), and lets each re-rank stage re-score them. Metric and score direction come
+from the representation; every stage reports scores where higher is better.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,58 +30,57 @@ from xmr.errors import CatalogueError, IndexFolderError, UnsupportedOperation, X
 from xmr.index import faiss_ops
 from xmr.index.folder import read_manifest, verify_files, write_index_folder
 from xmr.index.recipes import IndexRecipe, auto_recipe, load_recipe, parse_memory
+from xmr.index.stages import STAGES, CandidateStage, RerankStage, candidate_stage_for, stage_class
+from xmr.predictor import Predictor, as_items
+from xmr.representations import REPRESENTATIONS, DenseVectors, Representation, as_representation
 from xmr.search import SearchResult
 
-INDEX_FILE = "index.faiss"
 LABELS_FILE = "labels.parquet"
-VECTORS_FILE = "vectors.npy"
-RERANK_BLOCK = 256  # queries re-scored at once (bounds the gathered candidate vectors)
-# memory-mapped reading: IVF inverted lists map with IO_FLAG_MMAP, flat code arrays (Flat, HNSW storage) with
-# IO_FLAG_MMAP_IFC; FAISS refuses the two together on IVF files
-MMAP_FLAGS = {"ivf": faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY,
-              "codes": faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY}
 INTERNAL_ID = "internal_id"
 NO_ENCODER = "none"  # manifest encoder type of an index built from precomputed vectors without an encoder
+SCORE_NAMES = {"dense": "inner product", "binary": "agreeing bits", "tokens": "inner product"}
 
 
-class LabelIndex:
-    """Search labels by query text (or precomputed query vectors); add, remove and save labels."""
+def score_name(spec: Mapping[str, Any]) -> str:
+    """What a score means for a representation (``cosine`` for unit-length dense vectors)."""
+    return "cosine" if spec.get("normalized") else SCORE_NAMES.get(spec["kind"], "score")
 
-    def __init__(
-        self,
-        faiss_index: faiss.Index,
-        catalogue: LabelCatalogue,
-        internal_ids: np.ndarray,
-        manifest: dict[str, Any],
-        path: Path | None = None,
-        encoder: Encoder | None = None,
-        stored_vectors: np.ndarray | None = None,
-        read_only: bool = False,
-    ) -> None:
-        self.faiss_index = faiss_index
+
+class LabelIndex(Predictor):
+    """Search labels by query (texts, images, or precomputed representations); add, remove and save labels."""
+
+    kind = "label-index"
+
+    def __init__(self, catalogue: LabelCatalogue, internal_ids: np.ndarray, candidates: CandidateStage,
+                 rerankers: Sequence[RerankStage], manifest: dict[str, Any], path: Path | None = None,
+                 encoder: Encoder | None = None, read_only: bool = False) -> None:
         self.catalogue = catalogue
         self.internal_ids = np.asarray(internal_ids, dtype=np.int64)
+        self.candidates = candidates
+        self.rerankers = list(rerankers)
         self.manifest = manifest
         self.path = path
         self._encoder = encoder
-        self.stored_vectors = stored_vectors  # row i = catalogue row i; for exact re-ranking
-        self.read_only = read_only  # opened memory-mapped: FAISS data is not writable
-        self.device_search: Any = None  # a GPU searcher (faiss-gpu index or TorchExactSearch), see to_device()
+        self.read_only = read_only  # opened memory-mapped: stage data is not writable
+        self.device_search: Any = None  # the candidate stage placed on a GPU, see to_device()
 
     # ---- properties ---------------------------------------------------------------------------------------
     @property
+    def representation(self) -> dict[str, Any]:
+        """The representation spec (kind, metric, dim or bits, normalized) every stage holds."""
+        return self.manifest["representation"]
+
+    @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        spec = self.representation
+        return int(spec.get("dim", spec.get("bits", 0)))
 
     @property
     def metric(self) -> str:
-        return str(self.manifest["metric"])
-
-    def __len__(self) -> int:
-        return len(self.catalogue)
+        return str(self.representation["metric"])
 
     def __repr__(self) -> str:
-        return f"LabelIndex({len(self)} labels, {self.manifest['faiss']['factory']}, dim={self.dim}, path={self.path})"
+        return f"LabelIndex({len(self)} labels, {self.describe()['structure']}, path={self.path})"
 
     @property
     def encoder(self) -> Encoder:
@@ -94,61 +95,59 @@ class LabelIndex:
         return self._encoder
 
     # ---- search -------------------------------------------------------------------------------------------
-    def search(self, queries: Sequence[Item] | Item, k: int = 10, **search_params: int) -> SearchResult:
+    def encode_queries(self, items: Sequence[Item] | Item) -> Representation:
+        return self.encoder.encode(as_items(items), "query")
+
+    def predict(self, items: Sequence[Item] | Item, k: int = 10, **knobs: int) -> SearchResult:
         """Top-k labels for each query (texts, or ``{"text", "image"}`` items); knobs like ``efSearch=128``."""
-        if isinstance(queries, (str, Mapping)):
-            queries = [queries]
-        return self.search_embeddings(self.encoder.encode_queries(queries), k=k, **search_params)
+        return self.predict_encoded(self.encode_queries(items), k=k, **knobs)
 
-    def search_embeddings(self, vectors: np.ndarray, k: int = 10, **search_params: int) -> SearchResult:
-        """Top-k labels for precomputed float32 query vectors ``(n, dim)``.
+    search = predict
 
-        Knobs: ``efSearch``, ``nprobe`` (FAISS), ``rerank`` (re-score that many candidates exactly from the stored
-        vectors; 0 turns it off; the manifest's recipe gives the default).
+    def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **knobs: int) -> SearchResult:
+        """Top-k labels for encoded queries (a representation, or a float32 array for dense indexes).
+
+        Knobs: the candidate stage's (``efSearch``, ``nprobe``, ...) and each re-rank stage's depth (``rerank``:
+        re-score that many candidates; 0 turns it off). The manifest's values are the defaults.
         """
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim == 1:
-            vectors = vectors[None, :]
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise XMRError(f"query vectors have shape {vectors.shape}; this index expects (n, {self.dim})")
-        if not isinstance(k, (int, np.integer)) or k < 1:
+        queries = as_representation(queries, self.representation)
+        queries.check_matches(self.representation, "query representation")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise XMRError(f"k must be a positive integer, got {k!r}")
-        rerank = int(search_params.pop("rerank", self.manifest["faiss"].get("rerank", 0)) or 0)
-        if rerank and self.stored_vectors is None:
+        depths = [int(knobs.pop(stage.knob, stage.depth) or 0) for stage in self.rerankers]
+        if knobs.pop("rerank", 0):  # asked for, but no stage re-ranks
             raise XMRError(f"{self.path or 'this index'} stores no vectors to re-rank with; build it with a recipe "
                            "that has rerank > 0")
-        depth = max(int(k), rerank)
-        if self.device_search is not None and not search_params:
-            ids, scores = self.device_search(vectors, depth)
-        else:
-            ids, scores = faiss_ops.search(self.faiss_index, vectors, depth, search_params)
+        depth = max(int(k), *depths) if depths else int(k)
+        searcher = self.device_search or self.candidates
+        ids, scores = searcher.search(queries, depth, knobs)
         rows = self._rows_of(ids)
-        if rerank:
-            ids, scores, rows = self._rerank(vectors, ids, rows, int(k))
-        return SearchResult(ids=ids, scores=scores, rows=rows, catalogue=self.catalogue)
+        for position, (stage, stage_depth) in enumerate(zip(self.rerankers, depths, strict=True)):
+            if stage_depth:
+                keep = max(int(k), *depths[position + 1:]) if position + 1 < len(depths) else int(k)
+                ids, scores, rows = stage.rerank(queries, ids[:, :stage_depth], rows[:, :stage_depth], keep)
+        ids, scores, rows = ids[:, :k], scores[:, :k], rows[:, :k]
+        return SearchResult(ids=ids, scores=scores, rows=rows, catalogue=self.catalogue,
+                            score=score_name(self.representation))
 
-    def _rerank(self, queries: np.ndarray, ids: np.ndarray, rows: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Exact inner products of each query with its candidates' stored vectors; keep the best ``k``."""
-        exact = np.full(ids.shape, -np.inf, dtype=np.float32)
-        for start in range(0, len(queries), RERANK_BLOCK):
-            block = rows[start:start + RERANK_BLOCK]
-            gathered = np.asarray(self.stored_vectors[np.maximum(block, 0).ravel()]).reshape(*block.shape, self.dim)
-            scores = np.einsum("nd,ncd->nc", queries[start:start + RERANK_BLOCK], gathered)
-            exact[start:start + RERANK_BLOCK] = np.where(block >= 0, scores, -np.inf)
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        take = lambda values: np.take_along_axis(values, order, axis=1)  # noqa: E731
-        return take(ids), take(exact), take(rows)
+    search_embeddings = predict_encoded
 
     def to_device(self, device: str = "cuda", dtype: str = "float16") -> LabelIndex:
         """Search on a GPU: FAISS GPU indexes when faiss has GPUs, else exact torch search (Flat indexes only).
 
-        FAISS-GPU answers k <= 2048; deeper searches fall back to torch (Flat) or to the CPU index. ``dtype`` is the
-        storage of the torch path (``float16``, ``bfloat16``, ``float32``). ``device="cpu"`` undoes it.
+        ``dtype`` is the storage of the torch path (``float16``, ``bfloat16``, ``float32``). ``device="cpu"`` undoes
+        it. Knobs passed per call reach the device searcher (never a silent switch back to the CPU).
         """
-        from xmr.index import gpu
+        if device == "cpu":
+            self.device_search = None
+            return self
+        from xmr.index.gpu import DeviceSearch
+        from xmr.index.stages.faiss_dense import FaissDenseStage
 
-        self.device_search = None if device == "cpu" else gpu.device_searcher(self.faiss_index, device, dtype)
+        if not isinstance(self.candidates, FaissDenseStage):
+            raise UnsupportedOperation(f"device search needs a dense faiss candidate stage, not "
+                                       f"{self.candidates.type_name}")
+        self.device_search = DeviceSearch(self.candidates, device, dtype)
         return self
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
@@ -156,15 +155,25 @@ class LabelIndex:
         if not len(self.internal_ids):
             return np.full(ids.shape, -1, dtype=np.int64)
         if self.internal_ids[-1] == len(self.internal_ids) - 1:  # ids 0..n-1 (nothing removed): row == id
-            return ids.copy()
+            return np.where(ids >= 0, ids, -1)
         rows = np.searchsorted(self.internal_ids, ids).clip(max=len(self.internal_ids) - 1)
         found = (ids >= 0) & (self.internal_ids[rows] == ids)
         return np.where(found, rows, -1)
 
-    def set_search_params(self, **search_params: int) -> None:
+    def knobs(self) -> dict[str, int]:
+        """Every stage's query-time knobs with their defaults."""
+        values = dict(self.candidates.knobs())
+        for stage in self.rerankers:
+            values.update(stage.knobs())
+        return values
+
+    def set_search_params(self, **knobs: int) -> None:
         """Change the default query-time knobs (kept in the manifest on :meth:`save`)."""
-        faiss_ops.set_search_parameters(self.faiss_index, search_params)
-        self.manifest["faiss"]["search_params"] = faiss_ops.search_parameters(self.faiss_index)
+        for stage in self.rerankers:
+            if stage.knob in knobs:
+                stage.depth = int(knobs.pop(stage.knob))
+        self.candidates.set_knobs(knobs)
+        self._record_stages()
 
     def internal_id(self, label_id: LabelId) -> int:
         """Internal id of a catalogue label id (what ``SearchResult.ids`` holds)."""
@@ -183,16 +192,16 @@ class LabelIndex:
         self._check_writable()
         if not isinstance(labels, LabelCatalogue):
             labels = LabelCatalogue.from_records(labels, source="<added labels>")
-        merged = self.catalogue.concat(labels)  # validates ids before any vector is added
-        vectors = self.encoder.encode_labels(labels.items())
-        start = int(self.manifest["next_internal_id"])
+        merged = self.catalogue.concat(labels)  # validates ids before anything is added
+        encoded = self.encoder.encode(labels.items(), "label")
+        start = int(self.manifest["labels"]["next_internal_id"])
         new_ids = np.arange(start, start + len(labels), dtype=np.int64)
-        faiss_ops.add(self.faiss_index, vectors, new_ids)
-        if self.stored_vectors is not None:
-            self.stored_vectors = np.concatenate([self.stored_vectors, vectors])
+        self.candidates.add(encoded, new_ids)
+        for stage in self.rerankers:
+            stage.add(encoded)
         self.catalogue = merged
         self.internal_ids = np.concatenate([self.internal_ids, new_ids])
-        self.manifest["next_internal_id"] = start + len(labels)
+        self.manifest["labels"]["next_internal_id"] = start + len(labels)
         return new_ids
 
     def remove(self, label_ids: Sequence[LabelId]) -> int:
@@ -202,17 +211,23 @@ class LabelIndex:
             rows = sorted({self.catalogue.position(label_id) for label_id in label_ids})
         except KeyError as error:
             raise XMRError(f"cannot remove: {error.args[0]}") from None
-        removed = faiss_ops.remove(self.faiss_index, self.internal_ids[rows])
+        removed = self.candidates.remove(self.internal_ids[rows])
         if removed != len(rows):
-            raise IndexFolderError(f"FAISS removed {removed} vectors for {len(rows)} labels; the index is inconsistent")
+            raise IndexFolderError(f"the index removed {removed} entries for {len(rows)} labels; it is inconsistent")
         keep = np.setdiff1d(np.arange(len(self.catalogue)), rows)
         self.catalogue = self.catalogue.take(keep.tolist())
         self.internal_ids = self.internal_ids[keep]
-        if self.stored_vectors is not None:
-            self.stored_vectors = np.asarray(self.stored_vectors[keep])
+        for stage in self.rerankers:
+            stage.keep(keep)
         return removed
 
     # ---- persistence --------------------------------------------------------------------------------------
+    def _record_stages(self) -> None:
+        self.manifest["stages"] = [
+            {"role": stage.role, "type": stage.type_name, "files": list(stage.files), **stage.section()}
+            for stage in [self.candidates, *self.rerankers]
+        ]
+
     def save(self, path: str | Path | None = None) -> Path:
         """Write the index folder atomically (to its own folder by default)."""
         target = Path(path) if path is not None else self.path
@@ -222,46 +237,54 @@ class LabelIndex:
         if INTERNAL_ID in table.column_names:
             raise CatalogueError(f"{self.catalogue.source}: metadata field {INTERNAL_ID!r} is reserved")
         table = table.append_column(INTERNAL_ID, pa.array(self.internal_ids, pa.int64()))
+        self._record_stages()
 
         def write_files(folder: Path) -> dict[str, Any]:
-            faiss.write_index(self.faiss_index, str(folder / INDEX_FILE))
             pq.write_table(table, folder / LABELS_FILE)
-            if self.stored_vectors is not None:
-                np.save(folder / VECTORS_FILE, np.asarray(self.stored_vectors, dtype=np.float32))
-            body = {key: value for key, value in self.manifest.items() if key not in ("format", "format_version",
-                                                                                      "written_at", "files")}
+            for stage in [self.candidates, *self.rerankers]:
+                stage.write(folder)
+            body = {key: value for key, value in self.manifest.items()
+                    if key not in ("format", "format_version", "written_at", "files")}
             body["xmr_version"] = __version__
-            body["labels"] = {
-                **self.manifest["labels"],
-                "count": len(self.catalogue),
-                "has_images": self.catalogue.images is not None,
-            }
+            body["labels"] = {**self.manifest["labels"], "file": LABELS_FILE, "count": len(self.catalogue),
+                              "has_images": self.catalogue.images is not None}
             return body
 
         self.manifest = write_index_folder(target, write_files)
         self.path = target
         return target
 
+    def describe(self) -> dict[str, Any]:
+        rerank = " + ".join(f"{stage.type_name} {stage.knob} {stage.depth}" for stage in self.rerankers)
+        factory = getattr(self.candidates, "factory", "")
+        structure = f"{self.candidates.type_name} {factory}".strip() + (f" + {rerank}" if rerank else "")
+        return {"kind": self.kind, "path": str(self.path) if self.path else None, "encoder": self.manifest["encoder"],
+                "representation": self.representation, "structure": structure, "params": self.knobs(),
+                "labels": len(self)}
+
     def info(self) -> dict[str, Any]:
-        """What ``xmr info`` prints: the manifest plus live counts and the FAISS structure."""
+        """What ``xmr info`` prints: the manifest plus live counts and each stage's structure and knobs."""
         return {
             "path": str(self.path) if self.path else None,
+            "kind": self.kind,
             "labels": len(self),
-            "vectors": int(self.faiss_index.ntotal),
-            "faiss_structure": faiss_ops.describe(self.faiss_index),
-            "search_parameters": faiss_ops.search_parameters(self.faiss_index),
-            "rerank": self.manifest["faiss"].get("rerank", 0),
+            "entries": len(self.candidates),
+            "stages": [{"role": stage.role, "structure": getattr(stage, "structure", stage.type_name),
+                        **stage.info()} for stage in [self.candidates, *self.rerankers]],
+            "search_parameters": self.knobs(),
             "memory_mapped": self.read_only,
             "manifest": self.manifest,
         }
 
 
 def check_encoder(encoder: Encoder, manifest: Mapping[str, Any], where: Path | str | None) -> None:
-    """Refuse an encoder whose vectors would not match the index (model, prompts, dim, metric, normalisation)."""
-    if encoder.dim != manifest["dim"]:
-        raise IndexFolderError(f"{where}: index holds {manifest['dim']}-d vectors, encoder gives {encoder.dim}-d")
-    if encoder.metric != manifest["metric"]:
-        raise IndexFolderError(f"{where}: index metric is {manifest['metric']!r}, encoder's is {encoder.metric!r}")
+    """Refuse an encoder whose output would not match the index (representation, size, metric, model, prompts)."""
+    stored_spec = manifest["representation"]
+    given_spec = encoder.representation_spec()
+    for key in ("kind", "dim", "bits", "metric"):
+        if key in stored_spec and stored_spec.get(key) != given_spec.get(key):
+            raise IndexFolderError(f"{where}: index holds {key} {stored_spec[key]!r}, the encoder gives "
+                                   f"{given_spec.get(key)!r}")
     stored = {key: value for key, value in manifest["encoder"].items() if key not in encoder.runtime_keys}
     given = encoder.identity()
     differences = {key: (stored.get(key), given.get(key)) for key in stored.keys() | given.keys()
@@ -292,14 +315,48 @@ def build_index(
     if not isinstance(catalogue, LabelCatalogue):
         catalogue = LabelCatalogue.from_file(catalogue)
     encoder = load_encoder(encoder)
-    vectors = encoder.encode_labels(catalogue.items())
-    return build_index_from_embeddings(catalogue, vectors, out, encoder, factory, search_params, train_size,
+    labels = encoder.encode(catalogue.items(), "label")
+    return build_index_from_embeddings(catalogue, labels, out, encoder, factory, search_params, train_size,
                                        recipe=recipe, max_memory=max_memory, target_recall=target_recall)
+
+
+def _label_representation(vectors: Representation | np.ndarray, encoder: Encoder | None,
+                          normalized: bool | None) -> Representation:
+    spec = encoder.representation_spec() if encoder is not None else {"kind": DenseVectors.kind}
+    labels = as_representation(vectors, spec)
+    if isinstance(labels, DenseVectors):
+        if normalized is None:
+            normalized = encoder.normalize if encoder is not None else bool(
+                np.allclose(np.linalg.norm(labels.values[:1000], axis=1), 1.0, atol=1e-3))
+        labels.normalized = bool(normalized)
+    if encoder is not None:
+        labels.check_matches(spec, f"label {labels.kind} vs encoder {encoder.type_name!r}")
+    return labels
+
+
+def _resolve_recipe(kind: str, recipe: IndexRecipe | str | None, factory: str, n_labels: int, dim: int,
+                    max_memory: int | str | None, target_recall: float) -> tuple[IndexRecipe, bool]:
+    auto = isinstance(recipe, str) and recipe.lower() == "auto"
+    if auto and kind == DenseVectors.kind:
+        recipe = auto_recipe(n_labels, dim, parse_memory(max_memory), target_recall)
+    elif auto:
+        recipe = IndexRecipe("auto", "Flat", reason=f"{kind} representations: exact search")
+        auto = False
+    elif recipe is not None and not isinstance(recipe, IndexRecipe):
+        recipe = load_recipe(recipe)
+    return (recipe or IndexRecipe("factory", factory)).resolved(n_labels, dim), auto
+
+
+def _rerank_stage_for(kind: str) -> type[RerankStage]:
+    for cls in STAGES.values():
+        if issubclass(cls, RerankStage) and cls.representation == kind:
+            return cls
+    raise XMRError(f"no re-rank stage takes {kind} representations; use a recipe with rerank: 0")
 
 
 def build_index_from_embeddings(
     catalogue: LabelCatalogue,
-    vectors: np.ndarray,
+    vectors: Representation | np.ndarray,
     out: str | Path | None,
     encoder: Encoder | str | Mapping[str, Any] | None = None,
     factory: str = "Flat",
@@ -311,109 +368,56 @@ def build_index_from_embeddings(
     target_recall: float = 0.95,
     calibration_queries: np.ndarray | None = None,
 ) -> LabelIndex:
-    """Index label vectors computed elsewhere (row i = catalogue row i).
+    """Index label representations computed elsewhere (row i = catalogue row i): a representation, or a float32
+    array of dense vectors.
 
     Name the ``encoder`` that produced them to make text search work; without one the index answers
-    ``search_embeddings`` only. ``normalized`` records whether the vectors are unit length (default: the
-    encoder's setting, else measured). With ``recipe="auto"`` the search knob is calibrated to reach
+    ``search_embeddings`` only. ``normalized`` records whether dense vectors are unit length (default: the
+    encoder's setting, else measured). The candidate stage is the default one for the representation (``faiss`` for
+    dense vectors, ``faiss-binary`` for hash codes). With ``recipe="auto"`` the search knob is calibrated to reach
     ``target_recall`` recall@10 against exact search on ``calibration_queries`` (default: midpoints of random label
     pairs), and the choice, its reason and the calibration go into the manifest.
     """
-    if len(vectors) != len(catalogue):
-        raise XMRError(f"{len(vectors)} vectors for {len(catalogue)} labels")
     encoder = load_encoder(encoder) if encoder is not None else None
-    dim = int(vectors.shape[1])
-    if encoder is not None and encoder.dim != dim:
-        raise XMRError(f"vectors are {dim}-d but encoder {encoder!r} gives {encoder.dim}-d")
-    metric = encoder.metric if encoder is not None else "inner_product"
-    if normalized is None:
-        normalized = encoder.normalize if encoder is not None else bool(
-            np.allclose(np.linalg.norm(vectors[:1000], axis=1), 1.0, atol=1e-3))
-    auto = isinstance(recipe, str) and recipe.lower() == "auto"
-    if auto:
-        recipe = auto_recipe(len(catalogue), dim, parse_memory(max_memory), target_recall)
-    elif recipe is not None and not isinstance(recipe, IndexRecipe):
-        recipe = load_recipe(recipe)
-    recipe = (recipe or IndexRecipe("factory", factory)).resolved(len(catalogue), dim)
-    index = faiss_ops.create(dim, recipe.factory, metric)
-    faiss_ops.set_build_parameters(index, recipe.build)
-    trained_on = faiss_ops.train(index, vectors, train_size)
+    labels = _label_representation(vectors, encoder, normalized)
+    if len(labels) != len(catalogue):
+        raise XMRError(f"{len(labels)} label rows for {len(catalogue)} labels")
+    spec = labels.spec()
+    size = int(spec.get("dim", spec.get("bits", 0)))
+    recipe, auto = _resolve_recipe(labels.kind, recipe, factory, len(catalogue), size, max_memory, target_recall)
     internal_ids = np.arange(len(catalogue), dtype=np.int64)
-    faiss_ops.add(index, vectors, internal_ids)
+    candidates = candidate_stage_for(labels.kind).build(labels, internal_ids, recipe.factory, recipe.build,
+                                                        train_size)
     knobs = {**recipe.search, **(search_params or {})}
     if knobs:
-        faiss_ops.set_search_parameters(index, knobs)
+        candidates.set_knobs(knobs)
+    rerankers = [_rerank_stage_for(labels.kind).build(labels, recipe.rerank)] if recipe.rerank else []
     manifest = {
+        "kind": LabelIndex.kind,
         "xmr_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "encoder": encoder.identity() if encoder is not None else {"type": NO_ENCODER, "dim": dim},
-        "output": encoder.output if encoder is not None else "dense",
-        "dim": dim,
-        "metric": metric,
-        "normalized": normalized,
-        "similarity": "cosine" if normalized else "inner_product",
-        "faiss": {
-            "factory": recipe.factory,
-            "structure": faiss_ops.describe(index),
-            "search_params": faiss_ops.search_parameters(index),
-            "rerank": recipe.rerank,
-            "recipe": recipe.to_manifest(),
-            "trained_on": trained_on,
-            "faiss_version": faiss.__version__,
-        },
-        "labels": {"source": catalogue.source, "id_type": type(catalogue.ids[0]).__name__},
-        "next_internal_id": len(catalogue),
+        "encoder": encoder.identity() if encoder is not None else {"type": NO_ENCODER, **spec},
+        "representation": spec,
+        "labels": {"file": LABELS_FILE, "source": catalogue.source, "id_type": type(catalogue.ids[0]).__name__,
+                   "count": len(catalogue), "has_images": catalogue.images is not None,
+                   "next_internal_id": len(catalogue)},
+        "recipe": recipe.to_manifest(),
     }
-    stored = np.ascontiguousarray(vectors, dtype=np.float32) if recipe.rerank else None
-    label_index = LabelIndex(index, catalogue, internal_ids, manifest, encoder=encoder, stored_vectors=stored)
+    index = LabelIndex(catalogue, internal_ids, candidates, rerankers, manifest, encoder=encoder)
+    index._record_stages()
     if auto:
-        manifest["faiss"]["recipe"]["calibration"] = calibrate(label_index, vectors, target_recall,
-                                                               calibration_queries)
+        from xmr.index.calibration import calibrate
+
+        manifest["recipe"]["calibration"] = calibrate(index, labels, target_recall, calibration_queries)
     if out is not None:
-        label_index.save(out)
-    return label_index
-
-
-CALIBRATION_VALUES = {"efSearch": [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024],
-                      "nprobe": [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096]}
-
-
-def calibrate(index: LabelIndex, vectors: np.ndarray, target_recall: float, queries: np.ndarray | None = None,
-              k: int = 10, sample: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Set the smallest ``efSearch``/``nprobe`` whose recall@k against exact search reaches ``target_recall``.
-
-    Queries default to normalised midpoints of random label pairs (points between labels, like real queries,
-    rather than the labels themselves, which every index finds trivially). Returns what was measured.
-    """
-    knobs = [name for name in ("nprobe", "efSearch") if name in faiss_ops.search_parameters(index.faiss_index)]
-    if not knobs:
-        return {"note": "exact search: nothing to calibrate", "recall_at_10": 1.0}
-    if queries is None:
-        pairs = np.random.default_rng(seed).integers(len(vectors), size=(min(sample, len(vectors)), 2))
-        queries = vectors[pairs[:, 0]] + vectors[pairs[:, 1]]
-        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    depth = min(k, len(vectors))
-    _, truth = faiss.knn(queries, np.ascontiguousarray(vectors, dtype=np.float32), depth,
-                         metric=faiss.METRIC_INNER_PRODUCT)
-    knob = knobs[0]
-    limit = int(faiss.extract_index_ivf(index.faiss_index).nlist) if knob == "nprobe" else 1 << 30
-    recall: dict[int, float] = {}
-    for value in [value for value in CALIBRATION_VALUES[knob] if value < limit] + [limit] * (knob == "nprobe"):
-        found = index.search_embeddings(queries, k=depth, **{knob: value}).ids
-        recall[value] = float(np.mean([len(np.intersect1d(f, t)) / depth for f, t in zip(found, truth, strict=True)]))
-        if recall[value] >= target_recall:
-            break
-    chosen = next((value for value, got in recall.items() if got >= target_recall), max(recall))
-    index.set_search_params(**{knob: chosen})
-    return {"knob": knob, "value": chosen, f"recall_at_{depth}": recall[chosen], "queries": len(queries),
-            "target_reached": recall[chosen] >= target_recall,
-            "sweep": {str(value): round(got, 4) for value, got in recall.items()}}
+        index.save(out)
+    return index
 
 
 def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | None = None,
                verify: bool = True, mmap: bool = False) -> LabelIndex:
-    """Open an index folder. Checksums are verified (``verify=False`` checks sizes only, for very large folders).
+    """Open an index folder (format 1 or 2). Checksums are verified (``verify=False`` checks sizes only, for very
+    large folders).
 
     Passing ``encoder`` checks it against the one recorded in the manifest and refuses a mismatch. ``mmap=True``
     maps the FAISS data instead of reading it (FAISS ``IO_FLAG_MMAP``): a large index opens in about the time it
@@ -422,34 +426,34 @@ def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | No
     """
     path = Path(path)
     manifest = read_manifest(path)
+    if manifest.get("kind", LabelIndex.kind) != LabelIndex.kind:
+        raise IndexFolderError(f"{path}: a {manifest['kind']!r} folder, not a label index; open it with "
+                               "xmr.load_predictor")
     verify_files(path, manifest, checksums=verify)
-    if manifest.get("metric") not in faiss_ops.METRICS:
-        raise IndexFolderError(f"{path}: unknown metric {manifest.get('metric')!r} in manifest")
+    spec = manifest.get("representation", {})
+    if spec.get("kind") not in REPRESENTATIONS or REPRESENTATIONS[spec["kind"]].metric != spec.get("metric"):
+        raise IndexFolderError(f"{path}: unknown representation or metric in manifest: {spec!r}")
     try:
-        layout = "ivf" if "IVF" in manifest["faiss"].get("structure", "") else "codes"
-        index = faiss.read_index(str(path / INDEX_FILE), MMAP_FLAGS[layout] if mmap else 0)
-        table = pq.read_table(path / LABELS_FILE)
-        stored = np.load(path / VECTORS_FILE, mmap_mode="r") if (path / VECTORS_FILE).is_file() else None
-    except (RuntimeError, OSError, pa.ArrowException) as error:
-        raise IndexFolderError(f"{path}: cannot read index files: {error}") from None
-    if index.d != manifest["dim"]:
-        raise IndexFolderError(f"{path}: {INDEX_FILE} has dim {index.d}, manifest says {manifest['dim']}")
-    if index.metric_type != faiss_ops.METRICS[manifest["metric"]]:
-        raise IndexFolderError(f"{path}: {INDEX_FILE} metric does not match manifest metric {manifest['metric']!r}")
-    if index.ntotal != table.num_rows or table.num_rows != manifest["labels"]["count"]:
-        raise IndexFolderError(f"{path}: {index.ntotal} vectors, {table.num_rows} label rows, manifest says "
-                               f"{manifest['labels']['count']}")
+        table = pq.read_table(path / manifest["labels"].get("file", LABELS_FILE))
+    except (OSError, pa.ArrowException) as error:
+        raise IndexFolderError(f"{path}: cannot read the label store: {error}") from None
+    sections = manifest.get("stages", [])
+    if not sections or sections[0].get("role") != "candidates" or any(s.get("role") != "rerank" for s in sections[1:]):
+        raise IndexFolderError(f"{path}: the manifest needs one candidate stage followed by re-rank stages")
+    stages = [stage_class(section, path).open(path, section, spec, mmap) for section in sections]
+    candidates, rerankers = stages[0], stages[1:]
+    if len(candidates) != table.num_rows or table.num_rows != manifest["labels"]["count"]:
+        raise IndexFolderError(f"{path}: {len(candidates)} indexed entries, {table.num_rows} label rows, manifest "
+                               f"says {manifest['labels']['count']}")
+    for stage in rerankers:
+        if len(stage) != table.num_rows:
+            raise IndexFolderError(f"{path}: re-rank stage {stage.type_name} has {len(stage)} rows for "
+                                   f"{table.num_rows} labels")
     internal_ids = table.column(INTERNAL_ID).to_numpy()
     catalogue = LabelCatalogue.from_arrow(table.drop_columns([INTERNAL_ID]), source=str(path / LABELS_FILE))
-    if manifest["faiss"].get("search_params"):
-        faiss_ops.set_search_parameters(index, manifest["faiss"]["search_params"])
-    if stored is not None and stored.shape != (table.num_rows, manifest["dim"]):
-        raise IndexFolderError(f"{path / VECTORS_FILE}: shape {stored.shape}, expected ({table.num_rows}, "
-                               f"{manifest['dim']})")
-    label_index = LabelIndex(index, catalogue, internal_ids, manifest, path=path, stored_vectors=stored,
-                             read_only=mmap)
+    index = LabelIndex(catalogue, internal_ids, candidates, rerankers, manifest, path=path, read_only=mmap)
     if encoder is not None:
         encoder = load_encoder(encoder)
         check_encoder(encoder, manifest, path)
-        label_index._encoder = encoder
-    return label_index
+        index._encoder = encoder
+    return index

@@ -1,6 +1,7 @@
 """Index recipes: a FAISS factory plus its build and search knobs, as named presets, YAML files, or ``auto``.
 
-A recipe is data (``indexes/*.yaml`` holds the committed ones)::
+A recipe is data; the presets ship inside the package (``xmr/index/presets/*.yaml``, so ``--recipe hnsw32`` works
+from an installed wheel anywhere), and any YAML file of the same shape is a recipe too::
 
     name: hnsw32
     factory: HNSW32                    # any faiss.index_factory string; {nlist}, {m}, {m4} filled in per catalogue
@@ -18,14 +19,16 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from faiss.contrib.factory_tools import get_code_size
 
 from xmr.errors import XMRError
 
-RECIPE_FOLDER = Path(__file__).resolve().parents[2] / "indexes"
+PRESET_FOLDER = resources.files("xmr.index") / "presets"
 EXACT_UP_TO = 50_000  # labels: below this, exact search is fast enough (< ~5 ms per query on one core at 384-d)
 ID_BYTES = 8  # every xmr index stores an int64 id per vector
 
@@ -48,18 +51,9 @@ class IndexRecipe:
         return replace(self, factory=factory)
 
     def to_manifest(self) -> dict[str, Any]:
-        """What ``faiss.recipe`` records; the re-rank depth is ``faiss.rerank``, a search default."""
-        return {"name": self.name, "build": dict(self.build), "reason": self.reason}
-
-
-PRESETS: dict[str, IndexRecipe] = {
-    "flat": IndexRecipe("flat", "Flat"),
-    "hnsw32": IndexRecipe("hnsw32", "HNSW32", {"efConstruction": 200}, {"efSearch": 128}),
-    "hnsw64": IndexRecipe("hnsw64", "HNSW64", {"efConstruction": 200}, {"efSearch": 128}),
-    "ivf-sq8": IndexRecipe("ivf-sq8", "IVF{nlist},SQ8", {}, {"nprobe": 32}),
-    "ivf-pq": IndexRecipe("ivf-pq", "IVF{nlist},PQ{m4}x4fs", {}, {"nprobe": 32}, rerank=100),
-    "opq-ivf-pq": IndexRecipe("opq-ivf-pq", "OPQ{m4},IVF{nlist},PQ{m4}x4fs", {}, {"nprobe": 32}, rerank=100),
-}
+        """What the manifest's ``recipe`` records (the knobs themselves live in the stages' sections)."""
+        return {"name": self.name, "factory": self.factory, "build": dict(self.build), "search": dict(self.search),
+                "rerank": self.rerank, "reason": self.reason}
 
 
 def ivf_lists(n_labels: int) -> int:
@@ -80,20 +74,12 @@ def pq_codes(dim: int, dims_per_code: int) -> int:
 
 
 def bytes_per_vector(factory: str, dim: int) -> float:
-    """Resident bytes per label of a factory string (codes + id + graph links), for memory budgets."""
-    hnsw = re.search(r"HNSW(\d+)", factory)
-    if factory.startswith("Flat"):
-        return 4 * dim + ID_BYTES
-    if hnsw and "IVF" not in factory:
-        return 4 * dim + 2 * 4 * int(hnsw.group(1)) * 1.05 + ID_BYTES  # level-0 links (2M) plus ~5% upper levels
-    pq = re.search(r"PQ(\d+)(?:x(\d+))?", factory)
-    if pq:
-        return int(pq.group(1)) * int(pq.group(2) or 8) / 8 + ID_BYTES
-    sq = re.search(r"SQ(\d+|fp16|bf16)", factory)
-    if sq:
-        bits = 16 if sq.group(1) in ("fp16", "bf16") else int(sq.group(1))
-        return dim * bits / 8 + ID_BYTES
-    raise XMRError(f"cannot estimate the memory of FAISS factory {factory!r}")
+    """Resident bytes per label of a factory string: FAISS's own code size (``factory_tools.get_code_size``:
+    codes, plus graph links for HNSW) plus the int64 id every xmr index stores."""
+    try:
+        return get_code_size(dim, factory) + ID_BYTES
+    except (RuntimeError, AssertionError, ValueError, KeyError) as error:
+        raise XMRError(f"cannot estimate the memory of FAISS factory {factory!r}: {error}") from None
 
 
 def parse_memory(text: str | int | None) -> int | None:
@@ -126,7 +112,7 @@ def auto_recipe(n_labels: int, dim: int, max_memory: int | None = None, target_r
     def need(recipe: IndexRecipe) -> str:
         return f"{resident(recipe) / 1e9:.2f} GB"
 
-    flat, hnsw, sq8, pq = PRESETS["flat"], PRESETS["hnsw32"], PRESETS["ivf-sq8"], PRESETS["ivf-pq"]
+    flat, hnsw, sq8, pq = (PRESETS[name] for name in ("flat", "hnsw32", "ivf-sq8", "ivf-pq"))
     if (n_labels <= EXACT_UP_TO or target_recall >= 1) and fits(flat):
         why = "exact search requested (target recall 1)" if target_recall >= 1 else (
             f"{n_labels} labels <= {EXACT_UP_TO}: exact search is fast enough")
@@ -144,34 +130,50 @@ def auto_recipe(n_labels: int, dim: int, max_memory: int | None = None, target_r
 
 
 def load_recipe(spec: str | Path) -> IndexRecipe:
-    """A preset name (``hnsw32``), a recipe name under ``indexes/`` or a YAML file path."""
+    """A preset name (``hnsw32``, see ``xmr/index/presets``) or a YAML recipe file."""
     text = str(spec)
     if text.lower() in PRESETS:
         return PRESETS[text.lower()]
     path = Path(text)
-    if not path.suffix and (RECIPE_FOLDER / f"{text}.yaml").is_file():
-        path = RECIPE_FOLDER / f"{text}.yaml"
     if not path.is_file():
-        raise XMRError(f"index recipe {text!r}: not a preset ({', '.join(PRESETS)}, auto) nor a YAML file")
+        raise XMRError(f"index recipe {text!r}: not a preset ({', '.join(sorted(PRESETS))}, auto) nor a YAML file")
+    return read_recipe(path.read_text(encoding="utf-8"), str(path), path.stem)
+
+
+def read_recipe(text: str, where: str, default_name: str) -> IndexRecipe:
+    """Parse and validate one recipe's YAML text; errors name ``where`` (and the line for bad YAML)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise XMRError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+        line = f" line {mark.line + 1}" if mark else ""
+        raise XMRError(f"{where}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
     if not isinstance(data, dict):
-        raise XMRError(f"{path}: an index recipe is a mapping with name, factory, build, search, rerank")
+        raise XMRError(f"{where}: an index recipe is a mapping with name, factory, build, search, rerank")
     unknown = sorted(set(data) - {"name", "factory", "build", "search", "rerank", "description"})
     if unknown:
-        raise XMRError(f"{path}: unknown field(s) {unknown}; known: name, factory, build, search, rerank, description")
+        raise XMRError(f"{where}: unknown field(s) {unknown}; known: name, factory, build, search, rerank, description")
     if not isinstance(data.get("factory"), str):
-        raise XMRError(f"{path}: field 'factory' (a FAISS index_factory string) is required")
+        raise XMRError(f"{where}: field 'factory' (a FAISS index_factory string) is required")
     for name in ("build", "search"):
         values = data.get(name) or {}
         if not isinstance(values, dict) or not all(isinstance(v, int) and v > 0 for v in values.values()):
-            raise XMRError(f"{path}: field {name!r} must map knob names to positive integers, got {values!r}")
+            raise XMRError(f"{where}: field {name!r} must map knob names to positive integers, got {values!r}")
     rerank = data.get("rerank", 0)
     if not isinstance(rerank, int) or rerank < 0:
-        raise XMRError(f"{path}: field 'rerank' must be a non-negative integer, got {rerank!r}")
-    return IndexRecipe(str(data.get("name", path.stem)), data["factory"], dict(data.get("build") or {}),
+        raise XMRError(f"{where}: field 'rerank' must be a non-negative integer, got {rerank!r}")
+    return IndexRecipe(str(data.get("name", default_name)), data["factory"], dict(data.get("build") or {}),
                        dict(data.get("search") or {}), rerank)
+
+
+def _read_presets() -> dict[str, IndexRecipe]:
+    presets = {}
+    for entry in sorted(PRESET_FOLDER.iterdir(), key=lambda entry: entry.name):
+        if entry.name.endswith(".yaml"):
+            recipe = read_recipe(entry.read_text(encoding="utf-8"), f"xmr/index/presets/{entry.name}",
+                                 entry.name[:-5])
+            presets[recipe.name] = recipe
+    return presets
+
+
+PRESETS: dict[str, IndexRecipe] = _read_presets()

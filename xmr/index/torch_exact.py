@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from xmr.errors import XMRError
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,7 +28,7 @@ class TorchExactSearch:
         import torch
 
         if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+            raise XMRError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.device, self.dtype = torch.device(device), getattr(torch, dtype)
         self.query_block, self.label_block = query_block, label_block
         self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device, self.dtype)

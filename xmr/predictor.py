@@ -1,0 +1,80 @@
+"""The one predictor interface: ``predict(items, k) -> SearchResult``, and opening any predictor folder by its kind.
+
+Label indexes, sharded indexes, classifier heads and set decoders all implement :class:`Predictor`, so evaluation,
+the CLI and the service take any of them. A folder's ``manifest.json`` says which kind it is (``kind``); a new kind
+is one entry in :data:`PREDICTOR_KINDS` naming the function that opens it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xmr.catalogue import LabelCatalogue
+from xmr.encoders.base import Item
+from xmr.errors import IndexFolderError, UnsupportedOperation
+from xmr.representations import Representation
+from xmr.search import SearchResult
+
+# manifest "kind" -> "module:function" that opens such a folder (imported on use)
+PREDICTOR_KINDS: dict[str, str] = {
+    "label-index": "xmr.index.label_index:load_index",
+    "sharded-index": "xmr.index.shards:load_sharded_index",
+}
+
+
+class Predictor(ABC):
+    """Ranks a catalogue's labels for queries (text, or ``{"text", "image"|"images"}`` items)."""
+
+    kind: ClassVar[str]
+    catalogue: LabelCatalogue
+    path: Path | None = None
+
+    @abstractmethod
+    def predict(self, items: Sequence[Item] | Item, k: int = 10, **options: Any) -> SearchResult:
+        """Top-``k`` labels per query, best first; ``options`` are the predictor's per-call knobs."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """What reports print: ``kind``, ``path``, ``encoder`` (identity or None), ``structure``, ``params``."""
+
+    # ---- predictors whose queries are encoded first (indexes): evaluation times and reuses the encoding ------------
+    def encode_queries(self, items: Sequence[Item]) -> Representation:
+        raise UnsupportedOperation(f"{self.kind} predictors do not encode queries separately")
+
+    def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **options: Any) -> SearchResult:
+        """Top-``k`` labels for already encoded queries (e.g. precomputed vectors)."""
+        raise UnsupportedOperation(f"{self.kind} predictors take items, not encoded queries")
+
+    @property
+    def encodes_queries(self) -> bool:
+        """Whether :meth:`encode_queries` and :meth:`predict_encoded` are available."""
+        return type(self).predict_encoded is not Predictor.predict_encoded
+
+    def __len__(self) -> int:
+        return len(self.catalogue)
+
+
+def as_items(queries: Sequence[Item] | Item) -> list[Item]:
+    """One query (a string or a mapping) or a sequence of them, as a list."""
+    if isinstance(queries, (str, Mapping)):
+        return [queries]
+    return list(queries)
+
+
+def load_predictor(path: str | Path, **options: Any) -> Predictor:
+    """Open a predictor folder of any kind (version-1 index folders are label indexes); ``options`` go to its opener
+    (e.g. ``mmap=True``, ``verify=False``)."""
+    from xmr.index.folder import read_manifest
+
+    manifest = read_manifest(Path(path))
+    kind = manifest.get("kind", "label-index")
+    if kind not in PREDICTOR_KINDS:
+        raise IndexFolderError(f"{path}: unknown predictor kind {kind!r}; known: {sorted(PREDICTOR_KINDS)}")
+    module, function = PREDICTOR_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), function)(path, **options)
