@@ -1,3 +1,4 @@
+import copy
 import json
 
 import faiss
@@ -26,11 +27,13 @@ def test_build_save_load_search_round_trip(catalogue, tiny_encoder, tmp_path, fa
     out = tmp_path / "index"
     built = xmr.build_index(catalogue, tiny_encoder, out, factory=factory, search_params=params)
     loaded = xmr.load_index(out)
-    assert len(loaded) == len(catalogue) == loaded.faiss_index.ntotal
+    assert len(loaded) == len(catalogue) == loaded.candidates.index.ntotal
     manifest = read_manifest(out)
-    assert manifest["faiss"]["factory"] == factory and manifest["dim"] == 32
-    assert manifest["metric"] == "inner_product" and manifest["similarity"] == "cosine"
+    assert manifest["format_version"] == 2 and manifest["kind"] == "label-index"
+    assert manifest["stages"][0]["factory"] == factory and manifest["stages"][0]["type"] == "faiss"
+    assert manifest["representation"] == {"kind": "dense", "metric": "inner_product", "dim": 32, "normalized": True}
     assert set(manifest["files"]) == {"index.faiss", "labels.parquet"}
+    assert loaded.search(QUERIES[:1], k=1).score == "cosine"
     for name, value in params.items():
         assert loaded.info()["search_parameters"][name] == value
     first, second = built.search(QUERIES, k=5), loaded.search(QUERIES, k=5)
@@ -58,14 +61,15 @@ def test_exact_search_equals_numpy_brute_force(catalogue, tiny_encoder):
 def test_k_beyond_label_count_pads(tiny_encoder):
     small = xmr.LabelCatalogue.from_records([{"id": "a", "text": "python"}, {"id": "b", "text": "cook food"}])
     result = xmr.build_index(small, tiny_encoder, None).search(["python"], k=4)
-    assert result.ids[0, 2:].tolist() == [-1, -1] and np.isneginf(result.scores[0, 2:]).all()
+    assert result.ids[0, 2:].tolist() == [-1, -1] and result.rows[0, 2:].tolist() == [-1, -1]
+    assert np.isnan(result.scores[0, 2:]).all() and result.found[0].tolist() == [True, True, False, False]
     assert [hit[0] for hit in result.labels(0)] == ["a", "b"] and result.label_ids(0) == ["a", "b"]
     assert json.dumps(result.to_records())  # JSON-ready
 
 
 def test_bad_query_shapes_and_k(catalogue, tiny_encoder):
     index = xmr.build_index(catalogue, tiny_encoder, None)
-    with pytest.raises(XMRError, match=r"expects \(n, 32\)"):
+    with pytest.raises(XMRError, match="got dense with dim 16; expected dim 32"):
         index.search_embeddings(np.zeros((2, 16), dtype=np.float32))
     with pytest.raises(XMRError, match="k must be a positive integer"):
         index.search(["python"], k=0)
@@ -79,12 +83,12 @@ def test_query_time_parameters_apply_once_and_unknown_ones_are_refused(catalogue
     with pytest.raises(XMRError, match=r"\['nprobe'\] do not apply"):
         index.search(QUERIES, k=5, nprobe=3)
     index.set_search_params(efSearch=80)
-    assert index.manifest["faiss"]["search_params"]["efSearch"] == 80
+    assert index.manifest["stages"][0]["search_params"]["efSearch"] == 80
 
 
 def test_ivf_trains_on_a_sample(catalogue, tiny_encoder):
     index = xmr.build_index(catalogue, tiny_encoder, None, factory="IVF4,Flat", train_size=100)
-    assert index.manifest["faiss"]["trained_on"] == 100
+    assert index.manifest["stages"][0]["trained_on"] == 100
     with pytest.raises(XMRError, match="invalid FAISS factory string 'Bogus12'"):
         xmr.build_index(catalogue, tiny_encoder, None, factory="Bogus12")
 
@@ -113,7 +117,7 @@ def test_remove_from_hnsw_is_refused_and_changes_nothing(catalogue, tiny_encoder
     index = xmr.build_index(catalogue, tiny_encoder, None, factory="HNSW8")
     with pytest.raises(UnsupportedOperation, match="cannot remove"):
         index.remove([3])
-    assert len(index) == len(catalogue) == index.faiss_index.ntotal
+    assert len(index) == len(catalogue) == index.candidates.index.ntotal
 
 
 def test_corrupted_or_tampered_folders_are_refused(catalogue, tiny_encoder, tmp_path):
@@ -145,31 +149,31 @@ def test_mismatched_encoder_dim_or_metric_is_refused(catalogue, tiny_encoder, ti
     with pytest.raises(IndexFolderError, match="query_prompt: index '' vs encoder 'python '"):
         xmr.load_index(out, encoder=xmr.load_encoder(tiny_model, query_prompt="python "))
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["dim"] = 64
+    manifest["representation"]["dim"] = 64
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFolderError, match="index.faiss has dim 32, manifest says 64"):
         xmr.load_index(out)
-    manifest["dim"], manifest["metric"] = 32, "hamming"
+    manifest["representation"]["dim"], manifest["representation"]["metric"] = 32, "hamming"
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFolderError, match="unknown metric 'hamming'"):
+    with pytest.raises(IndexFolderError, match="unknown representation or metric"):
         xmr.load_index(out)
+    manifest["representation"]["metric"] = "inner_product"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match="holds dim 32, the encoder gives 16"):
+        xmr.load_index(out, encoder=dim_changed(tiny_encoder))
     flat_l2 = faiss.IndexIDMap2(faiss.IndexFlatL2(32))
     faiss.write_index(flat_l2, str(out / "index.faiss"))
-    manifest["metric"] = "inner_product"
     manifest["files"]["index.faiss"]["bytes"] = (out / "index.faiss").stat().st_size  # sizes are checked always
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFolderError, match="metric does not match"):
         xmr.load_index(out, verify=False)
 
 
-class FailingEncoder:
-    """Wraps an encoder and fails while encoding labels, as a crash mid-build would."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
+def dim_changed(encoder):
+    """The same encoder claiming another output size (what a different model would give)."""
+    changed = copy.copy(encoder)
+    changed.representation_spec = lambda: {**encoder.representation_spec(), "dim": 16}
+    return changed
 
 
 def test_interrupted_build_leaves_the_old_index(catalogue, tiny_encoder, tmp_path, monkeypatch):
@@ -221,10 +225,10 @@ def test_index_from_precomputed_vectors(catalogue, tiny_encoder, tmp_path):
     assert with_encoder.manifest["encoder"] == tiny_encoder.identity()
     assert xmr.load_index(tmp_path / "a").search([catalogue.texts[4]], k=1).label_ids(0) == [catalogue.ids[4]]
     bare = xmr.build_index_from_embeddings(catalogue, vectors, tmp_path / "b")
-    assert bare.manifest["normalized"] is True and bare.manifest["encoder"]["type"] == "none"
+    assert bare.representation["normalized"] is True and bare.manifest["encoder"]["type"] == "none"
     loaded = xmr.load_index(tmp_path / "b")
     assert loaded.search_embeddings(vectors[7], k=1).ids[0, 0] == 7
     with pytest.raises(XMRError, match="without an encoder; query it with search_embeddings"):
         loaded.search(["python"])
-    with pytest.raises(XMRError, match="299 vectors for 300 labels"):
+    with pytest.raises(XMRError, match="299 label rows for 300 labels"):
         xmr.build_index_from_embeddings(catalogue, vectors[:-1], None)

@@ -52,9 +52,11 @@ class Representation(ABC):
     def check_matches(self, spec: dict[str, Any], where: str) -> None:
         """Refuse rows of another kind or size than ``spec`` (e.g. query vectors of the wrong dimension)."""
         mine = {key: value for key, value in self.spec().items() if key != "normalized"}
-        theirs = {key: spec.get(key) for key in mine}
-        if mine != theirs:
-            raise XMRError(f"{where}: got {self.kind} {mine}, expected {theirs}")
+        different = [key for key in mine if spec.get(key) != mine[key]]
+        if different:
+            got = ", ".join(f"{key} {mine[key]}" for key in different)
+            expected = ", ".join(f"{key} {spec.get(key)}" for key in different)
+            raise XMRError(f"{where}: got {self.kind} with {got}; expected {expected}")
 
 
 @dataclass
