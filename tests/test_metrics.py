@@ -53,14 +53,36 @@ def test_propensity_scored_metrics_are_normalised_by_the_best_ranking():
 
 
 def test_inverse_propensity_follows_jain_et_al():
+    # with A = 1 the formula 1/p = 1 + C e^{-A log(N_l + B)} reduces to 1 + C / (N_l + B), C = (log N - 1)(B + 1):
+    # N = 4 training rows, label counts 3, 2 and 0, B = 1 -> C = 2 (log 4 - 1)
     train = [[0], [0], [1], [0, 1]]
-    inverse = m.inverse_propensity(train, 3, A=0.55, B=1.5)
-    n, counts = 4, np.array([3, 2, 0])
-    c = (np.log(n) - 1) * (1.5 + 1) ** 0.55
-    propensity = 1 / (1 + c * np.exp(-0.55 * np.log(counts + 1.5)))
-    np.testing.assert_allclose(inverse, 1 / propensity)
+    c = 2 * (np.log(4) - 1)
+    np.testing.assert_allclose(m.inverse_propensity(train, 3, A=1.0, B=1.0), [1 + c / 4, 1 + c / 3, 1 + c])
+    inverse = m.inverse_propensity(train, 3)
     assert inverse[2] > inverse[1] > inverse[0] > 1  # rarer labels weigh more
-    assert m.PROPENSITY_PRESETS["amazon"] == (0.6, 2.6) and m.PROPENSITY_PRESETS["wikipedia"] == (0.5, 0.4)
+
+
+def test_a_label_seen_once_weighs_log_n_under_every_preset():
+    # N_l = 1: C (1 + B)^{-A} = log N - 1, so 1/p = log N whatever A and B are
+    train = [[0]] + [[1]] * 9
+    for A, B in m.PROPENSITY_PRESETS.values():
+        assert m.inverse_propensity(train, 2, A, B)[0] == pytest.approx(np.log(10))
+
+
+def test_presets_discount_frequent_labels_differently():
+    # 100 training rows: label 0 in 50 of them, label 1 once. A query whose true labels are both, ranked frequent
+    # first: P@1 is 1, PSP@1 = w_0 / w_1 with w_0 = 1 + (log 100 - 1)((B + 1) / (50 + B))^A and w_1 = log 100
+    train = [[0]] * 49 + [[0, 1]] + [[2]] * 50
+    frequent_first, rare_first = np.array([[0, 1]]), np.array([[1, 0]])
+    psp = {}
+    for name, (A, B) in m.PROPENSITY_PRESETS.items():
+        weights = m.inverse_propensity(train, 3, A, B)
+        psp[name] = m.psprecision_at_k(frequent_first, [[0, 1]], weights, 1)
+        assert psp[name] == pytest.approx((1 + (np.log(100) - 1) * ((B + 1) / (50 + B)) ** A) / np.log(100))
+        assert m.psprecision_at_k(rare_first, [[0, 1]], weights, 1) == pytest.approx(1.0)
+        assert m.precision_at_k(frequent_first, [[0, 1]], 1) == m.precision_at_k(rare_first, [[0, 1]], 1) == 1.0
+    # Wikipedia's small B discounts a frequent label the most, Amazon's large B the least
+    assert psp["wikipedia"] < psp["default"] < psp["amazon"] < 1
 
 
 def test_coverage_and_deciles():
