@@ -91,7 +91,7 @@ def main() -> None:
         result = xmr.evaluate(index, instances, ks=(1, 5, 10), batch_size=args.batch_size, query_vectors=queries)
         peak_rss = sampler.stop()
 
-    index_mb = index.faiss_index.ntotal * args.dim * 4 / 2**20
+    index_mb = len(index.candidates) * args.dim * 4 / 2**20
     summary = {
         "labels": args.labels,
         "queries": args.queries,

@@ -173,6 +173,12 @@ def bench_raw_faiss(labels: np.ndarray, queries: np.ndarray, truth: np.ndarray, 
             "p50_ms": p50, "p99_ms": p99}
 
 
+def recipe_label(index) -> str:
+    """``FACTORY`` plus ``rerankN`` when the index re-ranks (the labels of the committed result tables)."""
+    rerank = index.knobs().get("rerank", 0)
+    return index.candidates.factory + (f" rerank{rerank}" if rerank else "")
+
+
 def bench_xmr(recipe: IndexRecipe, sweep: list[dict], catalogue: LabelCatalogue, labels: np.ndarray,
               queries: np.ndarray, truth: np.ndarray | None, work: Path, **build_options) -> tuple[list[dict], dict]:
     """Build one recipe, save it, measure its folder, then every knob setting in ``sweep``."""
@@ -186,18 +192,17 @@ def bench_xmr(recipe: IndexRecipe, sweep: list[dict], catalogue: LabelCatalogue,
              "rss_mb": rss_after_load(folder, mmap=False), "rss_mmap_mb": rss_after_load(folder, mmap=True),
              "open_s": open_seconds(folder, mmap=False), "open_mmap_s": open_seconds(folder, mmap=True),
              "disk_bytes": folder_bytes(folder, ("index.faiss", "vectors.npy", "labels.parquet")),
-             "manifest_recipe": index.manifest["faiss"]["recipe"]}
+             "manifest_recipe": index.manifest["recipe"]}
     loaded = load_index(folder, verify=False)  # searched as read; mmap costs are in ``facts``
     rows = []
     for knobs in sweep or [{}]:
         search = lambda q, knobs=knobs: loaded.search_embeddings(q, k=K, **knobs).ids  # noqa: E731
         ids, qps = timed_batch(search, queries)
         p50, p99 = latency_ms(search, queries)
-        rows.append({"system": "xmr", "recipe": index.manifest["faiss"]["factory"] + (
+        rows.append({"system": "xmr", "recipe": recipe_label(index) + (
             f" efC{recipe.build['efConstruction']}" if "efConstruction" in recipe.build else "") + (
-            f" rerank{index.manifest['faiss']['rerank']}" if index.manifest["faiss"]["rerank"] else "") + (
             " (auto)" if recipe.name == "auto" else ""),
-            "params": " ".join(f"{k}={v}" for k, v in (knobs or index.manifest["faiss"]["search_params"]).items())
+            "params": " ".join(f"{k}={v}" for k, v in (knobs or index.candidates.knobs()).items())
             or "exact", "n": len(labels), "build_s": build, "index_bytes": size, "rss_mb": facts["rss_mb"],
             "recall_at_10": recall_at_k(ids, truth) if truth is not None else 1.0, "qps": qps, "p50_ms": p50,
             "p99_ms": p99, "_ids": ids})
@@ -337,10 +342,9 @@ def bench_xmr_auto(catalogue: LabelCatalogue, labels: np.ndarray, queries: np.nd
     search = lambda q: loaded.search_embeddings(q, k=K).ids  # noqa: E731
     ids, qps = timed_batch(search, queries)
     p50, p99 = latency_ms(search, queries)
-    recipe = index.manifest["faiss"]["recipe"]
-    row = {"system": "xmr", "recipe": f"auto -> {index.manifest['faiss']['factory']}"
-           + (f" rerank{index.manifest['faiss']['rerank']}" if index.manifest["faiss"]["rerank"] else ""),
-           "params": " ".join(f"{k}={v}" for k, v in index.manifest["faiss"]["search_params"].items()),
+    recipe = index.manifest["recipe"]
+    row = {"system": "xmr", "recipe": f"auto -> {recipe_label(index)}",
+           "params": " ".join(f"{k}={v}" for k, v in index.candidates.knobs().items()),
            "n": len(labels), "build_s": build, "index_bytes": folder_bytes(folder),
            "rss_mb": rss_after_load(folder, mmap=True), "recall_at_10": recall_at_k(ids, truth), "qps": qps,
            "p50_ms": p50, "p99_ms": p99, "_ids": ids}

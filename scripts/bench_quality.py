@@ -23,7 +23,7 @@ from peers.environment import peers_python  # scripts/peers/environment.py (scri
 import xmr
 from xmr import metrics as m
 from xmr.datasets import read_instances
-from xmr.evaluation import predict, ranking_metrics, truth_as_internal_ids
+from xmr.evaluation import predict_rows, ranking_metrics, truth_as_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "training" / "reuters-labelvectors.yaml"
@@ -71,13 +71,13 @@ def main() -> None:
                                                    summary["train_seconds"] + summary["index_seconds"]),
     }
     reference = systems["xmr fine-tuned encoder (label texts)"][0]
-    truth, _ = truth_as_internal_ids(reference, test.labels)
-    train_truth, _ = truth_as_internal_ids(reference, train.labels)
+    truth, _ = truth_as_rows(reference.catalogue, test.labels)
+    train_truth, _ = truth_as_rows(reference.catalogue, train.labels)
     inverse = m.inverse_propensity(train_truth, len(labels), *m.PROPENSITY_PRESETS["default"])
     rows = []
     for name, (index, seconds) in systems.items():
         tick = time.perf_counter()
-        predictions, _ = predict(index, test.items(), max(KS))
+        predictions, _ = predict_rows(index, test.items(), max(KS))
         rows.append({"system": name, "train_s": seconds, "predict_s": time.perf_counter() - tick,
                      **ranking_metrics(predictions, truth, KS, inverse)})
     peer_folder = ROOT / "runs" / "peers-reuters"  # predictions and napkinXC's model files: not committed
