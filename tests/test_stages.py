@@ -2,7 +2,10 @@
 in evaluation, and a toy second representation that goes through build, save, load, search and evaluate."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 
 import xmr
 from xmr.cli import main
-from xmr.encoders import DenseEncoder, Encoder, load_encoder, register_encoder
+from xmr.encoders import load_encoder
 from xmr.errors import IndexFolderError, XMRError
 from xmr.evaluation import evaluate
 from xmr.predictor import Predictor, as_items, load_predictor
@@ -19,6 +22,8 @@ from xmr.representations import BinaryCodes, DenseVectors, TokenVectors
 from xmr.search import SearchResult
 
 DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(Path(__file__).parent))
+import toy_method  # noqa: E402  (tests/toy_method: the toy method's own package)
 
 
 # ---- representations --------------------------------------------------------------------------------------------
@@ -50,30 +55,7 @@ def test_a_representation_of_the_wrong_size_is_refused_naming_both():
         DenseVectors(np.ones((2, 3))).check_matches({"kind": "dense", "metric": "inner_product", "dim": 4}, "q")
 
 
-# ---- a toy second representation: sign hashes of a dense encoder, in this module only ----------------------------
-@register_encoder("test-sign-hash")
-class SignHashEncoder(Encoder):
-    """Binary codes = signs of a dense encoder's vectors (the simplest hash); nothing outside this test knows it."""
-
-    representation = BinaryCodes.kind
-
-    def __init__(self, dense: dict[str, Any]) -> None:
-        self.dense: DenseEncoder = load_encoder(dense)  # type: ignore[assignment]
-
-    @property
-    def dim(self) -> int:
-        return self.dense.dim
-
-    def representation_spec(self) -> dict[str, Any]:
-        return {"kind": self.representation, "metric": self.metric, "bits": self.dim}
-
-    def encode(self, items, side: str) -> BinaryCodes:
-        return BinaryCodes.from_signs(self.dense.encode(items, side).values)
-
-    def config(self) -> dict[str, Any]:
-        return {"type": self.type_name, "dense": self.dense.identity()}
-
-
+# ---- a toy second representation: sign hashes of a dense encoder, in its own package (tests/toy_method) ------------
 def test_a_toy_binary_representation_builds_saves_loads_searches_and_evaluates(tiny_model, labels_file, tmp_path,
                                                                               capsys):
     encoder = load_encoder({"type": "test-sign-hash", "dense": {"type": "sentence-transformers",
@@ -104,6 +86,20 @@ def test_a_toy_binary_representation_builds_saves_loads_searches_and_evaluates(t
     assert main(["query", str(tmp_path / "codes"), catalogue.texts[0], "-k", "1", "--json"]) == 0
     hit = json.loads(capsys.readouterr().out)["hits"][0]
     assert hit["id"] == result.label_ids(0)[0] and hit["score"] == 32.0
+
+
+def test_a_method_package_named_in_the_registry_is_imported_when_a_folder_needs_it(tiny_model, labels_file, tmp_path):
+    toy_method.SignHashEncoder  # noqa: B018  (built here; a fresh process knows it only through XMR_METHODS)
+    encoder = load_encoder({"type": "test-sign-hash", "dense": {"type": "sentence-transformers", "model": tiny_model}})
+    xmr.build_index(xmr.LabelCatalogue.from_file(labels_file), encoder, tmp_path / "codes")
+    command = [sys.executable, "-m", "xmr.cli", "query", str(tmp_path / "codes"), "python sql", "-k", "1", "--json"]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    unknown = subprocess.run(command, capture_output=True, text=True, env=environment)
+    assert unknown.returncode == 2 and "unknown encoder type 'test-sign-hash'" in unknown.stderr
+    environment["XMR_METHODS"] = "toy=toy_method"
+    known = subprocess.run(command, capture_output=True, text=True, env=environment)
+    assert known.returncode == 0, known.stderr
+    assert json.loads(known.stdout)["hits"][0]["score"] == 32.0
 
 
 # ---- any predictor in evaluation -----------------------------------------------------------------------------------

@@ -75,6 +75,10 @@ def load_predictor(path: str | Path, **options: Any) -> Predictor:
     manifest = read_manifest(Path(path))
     kind = manifest.get("kind", "label-index")
     if kind not in PREDICTOR_KINDS:
+        from xmr.methods import import_methods
+
+        import_methods()  # a method's predictor kinds register when its package is imported
+    if kind not in PREDICTOR_KINDS:
         raise IndexFolderError(f"{path}: unknown predictor kind {kind!r}; known: {sorted(PREDICTOR_KINDS)}")
     module, function = PREDICTOR_KINDS[kind].split(":")
     return getattr(importlib.import_module(module), function)(path, **options)

@@ -84,6 +84,10 @@ def encoder_class(type_name: Any) -> type[Encoder]:
     if type_name in LAZY_TYPES and type_name not in ENCODER_TYPES:
         importlib.import_module(LAZY_TYPES[type_name][0])  # registers the class
     if type_name not in ENCODER_TYPES:
+        from xmr.methods import import_methods
+
+        import_methods()  # a method's own encoder types register when its package is imported
+    if type_name not in ENCODER_TYPES:
         raise EncoderError(f"unknown encoder type {type_name!r}; known: {sorted(set(ENCODER_TYPES) | set(LAZY_TYPES))}")
     return ENCODER_TYPES[type_name]
 

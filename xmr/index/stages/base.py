@@ -35,15 +35,24 @@ def stage_class(section: dict[str, Any], where: Path | str | None) -> type[Stage
     """The registered class of a manifest stage section; an unknown type is an error naming it."""
     type_name = section.get("type")
     if type_name not in STAGES:
+        from xmr.methods import import_methods
+
+        import_methods()  # a method's own stages register when its package is imported
+    if type_name not in STAGES:
         raise IndexFolderError(f"{where}: unknown index stage {type_name!r}; known: {sorted(STAGES)}")
     return STAGES[type_name]
 
 
 def candidate_stage_for(kind: str) -> type[CandidateStage]:
     """The default candidate stage for a representation kind (the first registered one that takes it)."""
-    for cls in STAGES.values():
-        if issubclass(cls, CandidateStage) and cls.representation == kind and cls.default_for_kind:
-            return cls
+    from xmr.methods import import_methods
+
+    for attempt in range(2):
+        if attempt:
+            import_methods()  # a method may bring the stage for its own representation
+        for cls in STAGES.values():
+            if issubclass(cls, CandidateStage) and cls.representation == kind and cls.default_for_kind:
+                return cls
     raise XMRError(f"no candidate stage searches {kind!r} representations; known stages: {sorted(STAGES)}")
 
 
