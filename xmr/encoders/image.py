@@ -2,8 +2,9 @@
 
 Any open_clip architecture works (``ViT-B-32``, ``ViT-SO400M-14-SigLIP``, ...): ``pretrained`` is an open_clip tag
 (downloaded by open_clip when online) or a local checkpoint file; without it the tower is randomly initialised
-from ``seed`` (tests, wiring). Embeddings are cached per tower in a Parquet file keyed by the image's SHA-256, so
-rebuilding an index never re-runs the tower on an unchanged image.
+from ``seed`` (tests, wiring). Embeddings are cached per tower, keyed by the image's SHA-256, in an append-only
+Parquet cache (:mod:`xmr.encoders.embedding_cache`) under ``image-embeddings/`` of xmr's cache root, so rebuilding an
+index never re-runs the tower on an unchanged image, and processes embedding at once all keep their entries.
 """
 
 from __future__ import annotations
@@ -11,31 +12,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from xmr.encoders.embedding_cache import EmbeddingCache
 from xmr.errors import EncoderError
+from xmr.io.atomic import sha256_file
+from xmr.io.cache import cache_root
 
 log = logging.getLogger(__name__)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class ImageTower:
-    """open_clip visual encoder with a content-addressed embedding cache."""
+    """open_clip visual encoder with a content-addressed embedding cache (under ``cache_dir`` instead of xmr's cache
+    root when given)."""
 
     def __init__(self, model: str = "ViT-B-32", pretrained: str | None = None, seed: int = 0,
                  device: str | None = None, batch_size: int = 32, cache_dir: str | None = None) -> None:
@@ -59,29 +53,11 @@ class ImageTower:
         self.dim = int(self.clip.visual.output_dim)
         identity = json.dumps(self.config(), sort_keys=True)
         self._cache_key = hashlib.sha256(identity.encode()).hexdigest()[:16]
-        root = Path(cache_dir or os.environ.get("XMR_CACHE", Path.home() / ".cache" / "xmr"))
-        self.cache_path = root / "image-embeddings" / f"{self._cache_key}.parquet"
-        self._cache: dict[str, np.ndarray] | None = None
+        root = Path(cache_dir) if cache_dir else cache_root()
+        self.cache = EmbeddingCache(root / "image-embeddings" / self._cache_key, self.dim)
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model_name, "pretrained": self.pretrained, "seed": self.seed}
-
-    def _load_cache(self) -> dict[str, np.ndarray]:
-        if self._cache is None:
-            self._cache = {}
-            if self.cache_path.is_file():
-                table = pq.read_table(self.cache_path)
-                vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
-                self._cache = dict(zip(table.column("sha256").to_pylist(), vectors, strict=True))
-        return self._cache
-
-    def _save_cache(self) -> None:
-        cache = self._load_cache()
-        table = pa.table({"sha256": list(cache), "vector": [vector.tolist() for vector in cache.values()]})
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.cache_path.with_suffix(f".tmp-{os.getpid()}")
-        pq.write_table(table, partial)
-        os.replace(partial, self.cache_path)
 
     @torch.inference_mode()
     def _run(self, paths: list[Path]) -> np.ndarray:
@@ -99,7 +75,7 @@ class ImageTower:
 
         A missing or unreadable file is an error naming it, or (``skip_missing``) a warning and a zero row.
         """
-        cache = self._load_cache()
+        cache = self.cache.load()
         output = np.zeros((len(paths), self.dim), dtype=np.float32)
         found = np.zeros(len(paths), dtype=bool)
         pending: dict[str, list[int]] = {}
@@ -107,7 +83,7 @@ class ImageTower:
         for row, name in enumerate(paths):
             path = Path(name)
             try:
-                digest = _file_digest(path)
+                digest = sha256_file(path)
             except OSError as error:
                 if not skip_missing:
                     raise EncoderError(f"image {path}: cannot read it ({error.strerror})") from None
@@ -126,7 +102,6 @@ class ImageTower:
             except (OSError, ValueError) as error:  # PIL: not an image
                 raise EncoderError(f"image file could not be decoded: {error}") from None
             for digest, vector in zip(digests, vectors, strict=True):
-                cache[digest] = vector
                 output[pending[digest]] = vector
-            self._save_cache()
+            self.cache.add(dict(zip(digests, vectors, strict=True)))
         return output, found
