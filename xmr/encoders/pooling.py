@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from xmr.errors import EncoderError
+
 POOLINGS = ("mean", "last_token")
 
 
@@ -20,12 +22,16 @@ def last_token_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def check_pooling(method: str) -> None:
+    """Refuse an unknown pooling name (an :class:`EncoderError`: the CLI prints one line)."""
+    if method not in POOLINGS:
+        raise EncoderError(f"unknown pooling {method!r}; choose one of {POOLINGS}")
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
-    if method == "mean":
-        return mean_pool(hidden, mask)
-    if method == "last_token":
-        return last_token_pool(hidden, mask)
-    raise ValueError(f"unknown pooling {method!r}; choose one of {POOLINGS}")
+    """One vector per sequence by ``method`` (one of :data:`POOLINGS`)."""
+    check_pooling(method)
+    return mean_pool(hidden, mask) if method == "mean" else last_token_pool(hidden, mask)
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
