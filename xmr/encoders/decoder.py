@@ -33,17 +33,14 @@ from xmr.encoders.base import (
     register_encoder,
 )
 from xmr.encoders.bundled import BUNDLED_DECODERS
-from xmr.encoders.pooling import POOLINGS, pool, position_ids
+from xmr.encoders.fusable import IMAGE_SLOT, FusionTokens
+from xmr.encoders.pooling import check_pooling, pool, position_ids
 from xmr.errors import EncoderError
+from xmr.io.cache import cache_path
 
 PROJECTION_FILE = "projection.safetensors"
 ADAPTER_FOLDER = "adapter"
 PROGRESS_THRESHOLD = 512
-
-
-def model_cache() -> Path:
-    """Where dequantised copies of bundled models live (``$XMR_CACHE`` or ``~/.cache/xmr``)."""
-    return Path(os.environ.get("XMR_CACHE", Path.home() / ".cache" / "xmr")) / "models"
 
 
 def _bundled_location(alias: str) -> tuple[str, str]:
@@ -55,8 +52,10 @@ def _bundled_location(alias: str) -> tuple[str, str]:
 
 
 def _dequantised_copy(alias: str) -> Path:
-    """A float safetensors copy of a bundled GGUF model, made once (GGUF dequantisation takes ~15 s per load)."""
-    target = model_cache() / alias
+    """A float safetensors copy of a bundled GGUF model under the cache root's ``models/``, made once (GGUF
+    dequantisation takes ~15 s per load); written to a temporary sibling and renamed, so a process that loses the
+    race to another one keeps the winner's copy (never replaced under a reader)."""
+    target = cache_path("models", alias)
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModel, AutoTokenizer
@@ -116,8 +115,7 @@ class DecoderEncoder(DenseEncoder):
     ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        if pooling not in POOLINGS:
-            raise EncoderError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        check_pooling(pooling)
         if padding_side not in ("left", "right"):
             raise EncoderError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         for name, template in (("query_template", query_template), ("label_template", label_template)):
@@ -177,6 +175,9 @@ class DecoderEncoder(DenseEncoder):
     def dim(self) -> int:
         return self._dim
 
+    def _template(self, side: str) -> str:
+        return self.query_template if side == "query" else self.label_template
+
     def token_ids(self, texts: Sequence[str], template: str) -> list[list[int]]:
         """Prompted token ids per text, truncated to ``max_length`` while keeping the final EOS."""
         room = self.max_length - (1 if self.append_eos else 0)
@@ -197,20 +198,26 @@ class DecoderEncoder(DenseEncoder):
             mask[row, span] = 1
         return ids, mask
 
-    @torch.inference_mode()
-    def embed_token_ids(self, sequences: list[list[int]]) -> torch.Tensor:
-        """Pooled (projected, normalised) vectors for a batch of token id lists."""
-        return self.forward_token_ids(sequences)
+    def input_embeddings(self) -> torch.nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def embed_inputs(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                     pool_skip: Sequence[int] | None = None) -> torch.Tensor:
+        """Pooled, finished vectors from input embeddings, keeping the autograd graph; the one forward of both the
+        text path and fusion. Positions count real tokens, so either padding side works; ``pool_skip`` is always 0
+        here (:meth:`fusion_tokens` pools every token)."""
+        hidden = self.backbone(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                               position_ids=position_ids(attention_mask)).last_hidden_state
+        return self.finish(pool(hidden, attention_mask, self.pooling))
 
     def forward_token_ids(self, sequences: list[list[int]]) -> torch.Tensor:
-        """As :meth:`embed_token_ids`, keeping the autograd graph (training)."""
+        """Vectors of a batch of token id lists, keeping the autograd graph (training)."""
         ids, mask = self._pad(sequences)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
-        return self.finish(pool(hidden, mask, self.pooling))
+        return self.embed_inputs(self.input_embeddings()(ids), mask)
 
     def finish(self, pooled: torch.Tensor) -> torch.Tensor:
-        """Projection (if any) and L2 normalisation of pooled states; fused encoders reuse it."""
+        """Projection (if any) and L2 normalisation of pooled states."""
         pooled = pooled.float()
         if self.projection is not None:
             pooled = self.projection(pooled)
@@ -228,7 +235,8 @@ class DecoderEncoder(DenseEncoder):
         starts = range(0, len(order), self.batch_size)
         for start in tqdm(starts, desc="encoding", disable=not show):
             rows = order[start:start + self.batch_size]
-            output[rows] = self.embed_token_ids([sequences[row] for row in rows]).cpu().numpy()
+            with torch.inference_mode():
+                output[rows] = self.forward_token_ids([sequences[row] for row in rows]).cpu().numpy()
         return output
 
     def encode_queries(self, items: Sequence[Item]) -> np.ndarray:
@@ -238,8 +246,19 @@ class DecoderEncoder(DenseEncoder):
         return self._encode(items, self.label_template)
 
     def embed(self, items: Sequence[Item], side: str) -> torch.Tensor:
-        template = self.query_template if side == "query" else self.label_template
-        return self.forward_token_ids(self.token_ids(item_texts(items, self.model_name), template))
+        return self.forward_token_ids(self.token_ids(item_texts(items, self.model_name), self._template(side)))
+
+    # ---- early fusion (xmr.encoders.fusable): ViXML's decoder layout ------------------------------------------
+    def fusion_tokens(self, text: str, side: str, images: int, image_prefix: str) -> FusionTokens:
+        """``template(text) + image_prefix + image slots + EOS`` ("This product text: ... and its image: <img>
+        </s>"); without images, exactly :meth:`token_ids`."""
+        ids = self.token_ids([text], self._template(side))[0]
+        if not images:
+            return FusionTokens(ids)
+        eos = ids[-1:] if self.append_eos else []
+        body = ids[:-1] if self.append_eos else ids
+        prefix = self.tokenizer(image_prefix, add_special_tokens=False)["input_ids"]
+        return FusionTokens(body + prefix + [IMAGE_SLOT] * images + eos)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         groups = {"encoder": [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]}

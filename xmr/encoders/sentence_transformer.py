@@ -34,7 +34,9 @@ from xmr.encoders.base import (
     register_encoder,
 )
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, canonical_model_name, resolve_model_location
+from xmr.encoders.fusable import IMAGE_SLOT, FusionTokens
 from xmr.errors import EncoderError
+from xmr.io.cache import cache_path
 
 if TYPE_CHECKING:
     import torch
@@ -71,8 +73,8 @@ class SentenceTransformerEncoder(DenseEncoder):
     ``onnx/model_qint8_arm64.onnx`` or ``onnx/model_quint8_avx2.onnx`` (fp32: ``onnx/model.onnx``).
 
     Exports are made once and cached: inside a local model folder the user named (``<folder>/onnx/``) when it
-    is writable, otherwise (the bundled model in site-packages, hub models, read-only folders) in
-    ``$XDG_CACHE_HOME/xmr/onnx/<model>-<hash of the source>/`` (``~/.cache`` without XDG_CACHE_HOME). Files are
+    is writable, otherwise (the bundled model in site-packages, hub models, read-only folders) under xmr's one
+    cache root, ``$XMR_CACHE/onnx/<model>-<hash of the source>/`` (``~/.cache/xmr`` without XMR_CACHE). Files are
     staged in a temporary folder and renamed into place, and ``onnx/xmr_export.json`` records which weights they
     came from, so retrained weights in the same folder are exported again instead of silently reusing stale files.
 
@@ -169,18 +171,80 @@ class SentenceTransformerEncoder(DenseEncoder):
                                f"{' (int8)' if self.quantize else ''}: load the model with backend='torch' to train "
                                "or save it, then export again")
 
+    def _prompt(self, side: str) -> str:
+        return self.query_prompt if side == "query" else self.label_prompt
+
     def embed(self, items: Sequence[Item], side: str) -> torch.Tensor:
+        """Training vectors through sentence-transformers' own ``preprocess(prompt=...)``, the path ``encode`` takes,
+        so prompt-aware pooling (``include_prompt=False``) sees the same ``prompt_length`` in both."""
         from sentence_transformers.util import batch_to_device
 
         self._require_torch("training (embed)")
-        prompt = self.query_prompt if side == "query" else self.label_prompt
-        features = self.model.preprocess([prompt + text for text in item_texts(items, self.model_name)])
-        vectors = self.model(batch_to_device(features, self.model.device))["sentence_embedding"].float()
+        features = self.model.preprocess(item_texts(items, self.model_name), prompt=self._prompt(side) or None)
+        return self._sentence_embedding(batch_to_device(features, self.model.device))
+
+    def _sentence_embedding(self, features: dict[str, Any]) -> torch.Tensor:
+        """The whole module stack (transformer, pooling, dense, normalize) on ``features``, as ``encode`` runs it."""
+        vectors = self.model(features)["sentence_embedding"].float()
         if self.normalize:
             import torch.nn.functional as functional
 
             vectors = functional.normalize(vectors, dim=-1)
         return vectors
+
+    # ---- early fusion (xmr.encoders.fusable): ViXML's BERT-like layout, image tokens then [CLS] text [SEP] ------
+    def fusion_tokens(self, text: str, side: str, images: int, image_prefix: str) -> FusionTokens:
+        """``images`` slots, then the prompted text tokenised by sentence-transformers (truncated to leave room for
+        the images); ``image_prefix`` is not used (ViXML's BERT layout has none). When pooling leaves the prompt
+        out, the image tokens before it are left out too, so the pooled positions are the text's own."""
+        if images and self._pooling_reads_first_token():
+            raise EncoderError(f"model {self.model_name!r} pools the first token, which fusion makes an image "
+                               "token; use a model with mean, max or last-token pooling")
+        length = self.model.max_seq_length
+        features = self.model.preprocess([text], prompt=self._prompt(side) or None,
+                                         max_length=None if length is None else length - images)
+        skip = images + int(features.get("prompt_length") or 0) if self._pooling_skips_prompt() else 0
+        return FusionTokens([IMAGE_SLOT] * images + features["input_ids"][0].tolist(), pool_skip=skip)
+
+    def input_embeddings(self) -> torch.nn.Embedding:
+        self._require_torch("fusion")
+        network = getattr(self.model[0], "model", None)
+        if not hasattr(network, "get_input_embeddings"):
+            raise EncoderError(f"model {self.model_name!r} does not start with a transformers model, so fusion "
+                               "cannot give it input embeddings")
+        return network.get_input_embeddings()
+
+    def embed_inputs(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                     pool_skip: Sequence[int]) -> torch.Tensor:
+        """The module stack on ``{"inputs_embeds", "attention_mask"}`` (the Transformer module forwards
+        ``inputs_embeds`` to the HF model), one call per distinct ``pool_skip`` (Pooling takes one per batch)."""
+        import torch
+
+        rows_by_skip: dict[int, list[int]] = {}
+        for row, skip in enumerate(pool_skip):
+            rows_by_skip.setdefault(skip, []).append(row)
+        parts, order = [], []
+        for skip, rows in rows_by_skip.items():
+            index = torch.tensor(rows, device=inputs_embeds.device)
+            features = {"inputs_embeds": inputs_embeds[index], "attention_mask": attention_mask[index]}
+            if skip:
+                features["prompt_length"] = skip
+            parts.append(self._sentence_embedding(features))
+            order.extend(rows)
+        vectors = torch.cat(parts)
+        return vectors[torch.tensor(order, device=vectors.device).argsort()]
+
+    def _pooling_modules(self) -> list[Any]:
+        from sentence_transformers.sentence_transformer.modules import Pooling
+
+        return [module for module in self.model if isinstance(module, Pooling)]
+
+    def _pooling_skips_prompt(self) -> bool:
+        return any(not pooling.include_prompt for pooling in self._pooling_modules())
+
+    def _pooling_reads_first_token(self) -> bool:
+        modes = [pooling.pooling_mode for pooling in self._pooling_modules()]
+        return any("cls" in ((mode,) if isinstance(mode, str) else mode) for mode in modes)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         self._require_torch("training (parameter_groups)")
@@ -326,10 +390,6 @@ def source_fingerprint(location: str) -> str:
     return digest.hexdigest()
 
 
-def cache_home() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "xmr" / ONNX_FOLDER
-
-
 def export_root(model_name: str, location: str, fingerprint: str) -> Path:
     """The model folder that holds (or will hold) ``onnx/``: the user's own writable folder, else a cache folder."""
     folder = Path(location)
@@ -338,7 +398,7 @@ def export_root(model_name: str, location: str, fingerprint: str) -> Path:
     if own_folder and not installed and os.access(folder, os.W_OK):
         return folder
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model_name).name or model_name).strip("-.")[:64] or "model"
-    return cache_home() / f"{slug}-{fingerprint[:16]}"
+    return cache_path(ONNX_FOLDER, f"{slug}-{fingerprint[:16]}")
 
 
 def read_stamp(root: Path) -> dict[str, str]:
