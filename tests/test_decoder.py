@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import xmr
-from xmr.encoders.pooling import last_token_pool, mean_pool
+from xmr.encoders import decoder as decoder_module
+from xmr.encoders.pooling import last_token_pool, mean_pool, pool
 from xmr.errors import EncoderError
 
 TEXTS = ["python sql engineer", "cook", "drive forklift truck operate machine", "music teach children"]
@@ -16,6 +17,8 @@ def test_pooling_ignores_padding():
     mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
     assert mean_pool(hidden, mask).squeeze(-1).tolist() == [2.0, 3.0]
     assert last_token_pool(hidden, mask).squeeze(-1).tolist() == [3.0, 4.0]
+    with pytest.raises(EncoderError, match="unknown pooling 'max'"):  # the CLI prints one line for EncoderError
+        pool(hidden, mask, "max")
 
 
 @pytest.mark.parametrize("architecture", ["tiny_decoder", "tiny_qwen"])
@@ -47,6 +50,25 @@ def test_templates_eos_truncation_and_pooling_choice(tiny_decoder):
         xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "query_template": "no slot"})
     with pytest.raises(EncoderError, match="unknown pooling"):
         xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "pooling": "max"})
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_training_embed_equals_encode(tiny_decoder, padding_side):
+    encoder = xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "projection_dim": 8,
+                                "query_template": "this : {text}", "padding_side": padding_side})
+    encoder.train_mode(False)
+    for side, encode in (("query", encoder.encode_queries), ("label", encoder.encode_labels)):
+        with torch.no_grad():
+            trained = encoder.embed(TEXTS, side).numpy()
+        np.testing.assert_allclose(trained, encode(TEXTS), atol=1e-5)
+
+
+def test_bundled_model_copies_live_under_the_cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path))
+    made = tmp_path / "models" / "smollm2-135m"
+    made.mkdir(parents=True)
+    (made / "config.json").write_text("{}")  # a copy made earlier (by this or another process): reused as is
+    assert decoder_module._dequantised_copy("smollm2-135m") == made
 
 
 def test_config_round_trip_and_index(tiny_decoder, tmp_path):

@@ -1,7 +1,8 @@
 """The sentence-transformers encoder's inference backends: ONNX Runtime fp32 and int8 next to PyTorch.
 
-Exports always go to temporary folders (XDG_CACHE_HOME is pointed at one; local models are tmp copies), never into
-site-packages or the repository. Tests that need the ONNX backend skip, saying why, where it cannot run.
+Exports always go to temporary folders (XMR_CACHE, xmr's one cache root, is pointed at one; local models are tmp
+copies), never into site-packages or the repository. Tests that need the ONNX backend skip, saying why, where it
+cannot run.
 """
 
 import json
@@ -79,10 +80,18 @@ def test_quantized_file_name_follows_the_cpu(monkeypatch):
     assert st_module.onnx_file_name("int8") == "onnx/model_quint8_avx2.onnx"
 
 
+def test_exports_of_installed_models_go_under_the_xmr_cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # not xmr's: ignored
+    bundled = resolve_model_location(DEFAULT_TEXT_MODEL)
+    root = st_module.export_root(DEFAULT_TEXT_MODEL, bundled, st_module.source_fingerprint(bundled))
+    assert root.parent == tmp_path / "cache" / "onnx" and root.name.startswith("all-MiniLM-L6-v2-")
+
+
 # ---- a local model folder: exports go inside it ------------------------------------------------------------------
 @pytest.fixture
 def model_copy(tiny_model, tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path / "cache"))
     return Path(shutil.copytree(tiny_model, tmp_path / "model"))
 
 
@@ -93,7 +102,7 @@ def test_local_folder_export_is_cached_inside_it_and_redone_after_retraining(mod
     assert encoder.onnx_root == model_copy and encoder.onnx_file == st_module.onnx_file_name("int8")
     exported = onnx_files(model_copy)
     assert set(exported) == {"onnx/model.onnx", encoder.onnx_file}
-    assert not (tmp_path / "cache" / "xmr").exists()
+    assert not (tmp_path / "cache").exists()
     assert not [path.name for path in model_copy.iterdir() if path.name.startswith(".xmr-onnx-export-")]
     stamp = json.loads((model_copy / "onnx" / st_module.EXPORT_STAMP).read_text())
     assert set(stamp) == {"model.onnx", Path(encoder.onnx_file).name}
@@ -121,7 +130,7 @@ def test_onnx_encoder_refuses_training_and_saving(model_copy, tmp_path):
 @needs_onnx
 def test_encoder_folder_config_selects_the_backend(tiny_encoder, tmp_path, monkeypatch):
     """Train with torch, save, then serve the same folder with int8 ONNX by editing its xmr_encoder.json."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path / "cache"))
     folder = tiny_encoder.save(tmp_path / "encoder")
     config = json.loads((folder / ENCODER_FILE).read_text())
     assert config["backend"] == "torch" and config["quantize"] is None
@@ -135,14 +144,14 @@ def test_encoder_folder_config_selects_the_backend(tiny_encoder, tmp_path, monke
 # ---- the bundled MiniLM: exports go to the user cache, never into site-packages ----------------------------------
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
-    """Torch, ONNX fp32 and ONNX int8 MiniLM encoders, exported into a temporary XDG cache."""
+    """Torch, ONNX fp32 and ONNX int8 MiniLM encoders, exported into a temporary xmr cache root."""
     if ONNX_PROBLEM is not None:
         pytest.skip(f"ONNX backend unavailable: {ONNX_PROBLEM}")
     bundled = Path(resolve_model_location(DEFAULT_TEXT_MODEL))
     bundled_before = onnx_files(bundled)
-    cache = tmp_path_factory.mktemp("xdg-cache")
+    cache = tmp_path_factory.mktemp("xmr-cache")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(cache))
+        patch.setenv("XMR_CACHE", str(cache))
         encoders = {quantize: xmr.load_encoder({"type": "sentence-transformers", "backend": "onnx",
                                                 "quantize": quantize}, device="cpu") for quantize in (None, "int8")}
         encoders["torch"] = xmr.load_encoder(DEFAULT_TEXT_MODEL, device="cpu")
@@ -170,7 +179,7 @@ def test_int8_stays_close_to_torch_and_ranks_the_same(minilm):
 @pytest.mark.slow
 def test_bundled_export_is_cached_in_the_user_cache_and_reused(minilm):
     int8 = minilm["int8"]
-    root = minilm["cache"] / "xmr" / "onnx"
+    root = minilm["cache"] / "onnx"
     assert int8.onnx_root.parent == root and int8.onnx_root.name.startswith("all-MiniLM-L6-v2-")
     exported = onnx_files(int8.onnx_root)
     assert set(exported) == {"onnx/model.onnx", int8.onnx_file}

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import xmr
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, canonical_model_name
@@ -37,10 +38,27 @@ def test_prompts_apply_to_their_side(tiny_model):
     assert prompted.identity() != plain.identity()
 
 
-def test_unnormalised_encoder_keeps_norms(tiny_model):
+def test_training_embed_equals_encode_with_a_prompt_left_out_of_pooling(tiny_model):
+    """Instructor-style pooling (``include_prompt=False``) must see the prompt the same way in training and encoding."""
+    encoder = xmr.load_encoder(tiny_model, query_prompt="music teach ", label_prompt="data ")
+    included = encoder.encode_queries(["cook food kitchen", "python"])
+    encoder.model.set_pooling_include_prompt(False)
+    encoder.train_mode(False)
+    texts = ["cook food kitchen", "python", "drive forklift truck operate"]
+    for side, encode in (("query", encoder.encode_queries), ("label", encoder.encode_labels)):
+        with torch.no_grad():
+            trained = encoder.embed(texts, side).numpy()
+        np.testing.assert_allclose(trained, encode(texts), atol=1e-5)
+    assert not np.allclose(encoder.encode_queries(["cook food kitchen", "python"]), included, atol=1e-4)
+
+
+def test_unnormalised_encoder_keeps_norms(tiny_model, tiny_encoder):
     encoder = xmr.load_encoder(tiny_model, normalize=False)
-    norms = np.linalg.norm(encoder.encode_labels(["python sql java", "cook"]), axis=1)
+    texts = ["python sql java", "cook"]
+    vectors = encoder.encode_labels(texts)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     assert not np.allclose(norms, 1.0)
+    np.testing.assert_allclose(vectors / norms, tiny_encoder.encode_labels(texts), atol=1e-6)  # same directions
 
 
 def test_text_encoder_refuses_image_only_items(tiny_encoder):
