@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from xmr.catalogue import ROW_ID, LabelCatalogue, LabelId, image_paths
-from xmr.errors import CatalogueError
+from xmr.errors import CatalogueError, InvalidArgument
 from xmr.io.readers import iter_jsonl, open_text
 
 
@@ -40,7 +40,7 @@ class Instances:
     def items(self, modality: str = "all") -> list[Any]:
         """Queries for an encoder: ``all`` = text plus images where present, ``text`` only, or ``image`` only."""
         if modality not in ("all", "text", "image"):
-            raise ValueError(f"modality must be all, text or image, got {modality!r}")
+            raise InvalidArgument(f"modality must be all, text or image, got {modality!r}")
         if modality == "text" or self.images is None:
             if modality == "image":
                 raise CatalogueError(f"{self.source}: image-only queries asked for, but the queries have no images")

@@ -19,3 +19,7 @@ class IndexFolderError(XMRError):
 
 class UnsupportedOperation(XMRError):
     """The chosen FAISS index type cannot do what was asked (e.g. remove from HNSW)."""
+
+
+class InvalidArgument(XMRError, ValueError):
+    """A function was called with a value it cannot take (a k outside the predictions, an unknown modality)."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from xmr.errors import InvalidArgument
+
 Truth = Sequence[Sequence[int]] | sp.spmatrix | sp.sparray
 
 PROPENSITY_PRESETS = {"default": (0.55, 1.5), "amazon": (0.6, 2.6), "wikipedia": (0.5, 0.4)}
@@ -44,12 +46,12 @@ def hits(pred: np.ndarray, truth: Truth | list[np.ndarray], k: int) -> Hits:
     """Correctness of the top-k predictions of every query."""
     pred = np.asarray(pred, dtype=np.int64)
     if pred.ndim != 2:
-        raise ValueError(f"predictions must be 2-D (n, k), got shape {pred.shape}")
+        raise InvalidArgument(f"predictions must be 2-D (n, k), got shape {pred.shape}")
     if k < 1 or k > pred.shape[1]:
-        raise ValueError(f"k={k} is outside 1..{pred.shape[1]} (the number of predictions per query)")
+        raise InvalidArgument(f"k={k} is outside 1..{pred.shape[1]} (the number of predictions per query)")
     lists = truth if isinstance(truth, list) and all(isinstance(t, np.ndarray) for t in truth) else truth_lists(truth)
     if len(lists) != len(pred):
-        raise ValueError(f"{len(pred)} prediction rows but {len(lists)} ground-truth rows")
+        raise InvalidArgument(f"{len(pred)} prediction rows but {len(lists)} ground-truth rows")
     top = pred[:, :k]
     # one vectorised membership test: (row, label) pairs encoded as row * stride + label
     flat_truth = np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
@@ -118,7 +120,7 @@ def label_counts(truth: Truth, n_labels: int) -> np.ndarray:
     for labels in truth_lists(truth):
         labels = np.unique(labels)
         if len(labels) and (labels.min() < 0 or labels.max() >= n_labels):
-            raise ValueError(f"label id outside 0..{n_labels - 1}")
+            raise InvalidArgument(f"label id outside 0..{n_labels - 1}")
         counts[labels] += 1
     return counts
 
@@ -217,7 +219,7 @@ def set_metrics(predicted: Sequence[Sequence[int]], truth: Truth) -> dict[str, f
     """
     lists = truth_lists(truth)
     if len(predicted) != len(lists):
-        raise ValueError(f"{len(predicted)} predicted sets but {len(lists)} ground-truth rows")
+        raise InvalidArgument(f"{len(predicted)} predicted sets but {len(lists)} ground-truth rows")
     true_positive: dict[int, int] = {}
     predicted_count: dict[int, int] = {}
     true_count: dict[int, int] = {}
