@@ -77,7 +77,7 @@ def main() -> None:
     rows = []
     for name, (index, seconds) in systems.items():
         tick = time.perf_counter()
-        predictions, _ = predict_rows(index, test.items(), max(KS))
+        predictions, _, _ = predict_rows(index, test.items(), max(KS))
         rows.append({"system": name, "train_s": seconds, "predict_s": time.perf_counter() - tick,
                      **ranking_metrics(predictions, truth, KS, inverse)})
     peer_folder = ROOT / "runs" / "peers-reuters"  # predictions and napkinXC's model files: not committed

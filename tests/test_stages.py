@@ -116,7 +116,8 @@ class KeywordPredictor(Predictor):
         scores = np.array([[len(label & set(item.split())) for label in words] for item in as_items(items)],
                           dtype=np.float32)
         rows = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return SearchResult(rows, np.take_along_axis(scores, rows, axis=1), rows, self.catalogue, "shared words")
+        sets = [np.flatnonzero(row > 0) for row in scores]  # every label sharing a word applies
+        return SearchResult(rows, np.take_along_axis(scores, rows, axis=1), rows, self.catalogue, "shared words", sets)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": None, "encoder": None, "representation": None,
@@ -133,6 +134,11 @@ def test_evaluate_takes_a_predictor_that_is_not_an_index(tmp_path):
     assert report["metrics"]["P@1"] == pytest.approx(2 / 3)  # the third query's top word match is sql, not py
     assert report["metrics"]["R@2"] == pytest.approx(1.0)  # py is second for it (one shared word beats cook)
     assert report["structure"] == "word overlap" and report["encoder"] == {}
+    # sets {py}, {cook}, {sql}: 2 of 3 decisions right; query 3's true label py is missed
+    assert report["set_metrics"]["micro_precision"] == pytest.approx(2 / 3)
+    assert report["set_metrics"]["example_f1"] == pytest.approx(2 / 3)
+    filtered = evaluate(KeywordPredictor(catalogue), test, ks=(1,), filter_labels={2: {"sql"}})
+    assert filtered["set_metrics"]["micro_precision"] == pytest.approx(1.0)  # the filtered pair left the set
     with pytest.raises(XMRError, match="takes query items"):
         evaluate(KeywordPredictor(catalogue), test, query_vectors=np.zeros((3, 4), np.float32))
 

@@ -47,17 +47,20 @@ def truth_as_rows(catalogue: LabelCatalogue, labels: Sequence[Sequence[LabelId]]
 
 def predict_rows(predictor: Predictor, queries: Sequence[Any] | Representation | np.ndarray, k: int,
                  batch_size: int = 1024, exclude: Mapping[int, set[int]] | None = None,
-                 **options: int) -> tuple[np.ndarray, dict[str, float]]:
-    """Top-k catalogue rows per query, predicted batch by batch.
+                 **options: int) -> tuple[np.ndarray, dict[str, float], list[np.ndarray] | None]:
+    """Top-k catalogue rows per query, predicted batch by batch, and the predicted label sets (catalogue rows) when
+    the predictor decides sets (``SearchResult.sets``), else None.
 
     ``queries`` are items, or (predictors that encode queries) a precomputed representation or float32 array (a
-    ``np.memmap`` keeps memory bounded); ``exclude`` drops catalogue rows per query (reciprocal-pair filtering).
+    ``np.memmap`` keeps memory bounded); ``exclude`` drops catalogue rows per query (reciprocal-pair filtering) from
+    both the rankings and the sets.
     """
     exclude = exclude or {}
     if isinstance(queries, (Representation, np.ndarray)) and not predictor.encodes_queries:
         raise XMRError(f"a {predictor.kind} predictor takes query items, not precomputed query vectors")
     depth = k + max((len(rows) for rows in exclude.values()), default=0)
     predictions = np.full((len(queries), k), -1, dtype=np.int64)
+    sets: list[np.ndarray] | None = []
     encode_seconds = search_seconds = 0.0
     for start in range(0, len(queries), batch_size):
         block = slice(start, start + batch_size)
@@ -73,16 +76,19 @@ def predict_rows(predictor: Predictor, queries: Sequence[Any] | Representation |
         encode_seconds += time.perf_counter() - tick
         tick = time.perf_counter()
         if predictor.encodes_queries:
-            found = predictor.predict_encoded(batch, k=depth, **options).rows
+            result = predictor.predict_encoded(batch, k=depth, **options)
         else:
-            found = predictor.predict(batch, k=depth, **options).rows
+            result = predictor.predict(batch, k=depth, **options)
         search_seconds += time.perf_counter() - tick
-        for offset, row in enumerate(found):
+        for offset, row in enumerate(result.rows):
             row = row[row >= 0]
-            dropped = exclude.get(start + offset)
-            if dropped:
-                row = row[~np.isin(row, list(dropped))]
-            predictions[start + offset, :min(k, len(row))] = row[:k]
+            dropped = list(exclude.get(start + offset, ()))
+            predictions[start + offset, :min(k, len(row))] = row[~np.isin(row, dropped)][:k]
+            if sets is not None and result.sets is not None:
+                chosen = np.asarray(result.sets[offset], dtype=np.int64)
+                sets.append(chosen[~np.isin(chosen, dropped)])
+            else:
+                sets = None
     n = max(len(queries), 1)
     timings = {
         "encode_s": encode_seconds,
@@ -90,7 +96,7 @@ def predict_rows(predictor: Predictor, queries: Sequence[Any] | Representation |
         "encode_queries_per_s": n / encode_seconds if encode_seconds else float("nan"),
         "search_queries_per_s": n / search_seconds if search_seconds else float("nan"),
     }
-    return predictions, timings
+    return predictions, timings, sets
 
 
 def ranking_metrics(pred: np.ndarray, truth: list[np.ndarray], ks: Sequence[int],
@@ -150,7 +156,7 @@ def evaluate(
     queries = instances.items(modality) if query_vectors is None else query_vectors
     if len(queries) != len(instances):
         raise XMRError(f"{len(queries)} query vectors for {len(instances)} queries in {instances.source}")
-    predictions, timings = predict_rows(predictor, queries, depth, batch_size, exclude, **search_params)
+    predictions, timings, sets = predict_rows(predictor, queries, depth, batch_size, exclude, **search_params)
 
     table_size = len(catalogue)
     inv_propensity = None
@@ -196,6 +202,7 @@ def evaluate(
         if inv_propensity is not None else None,
         "filter": {"pairs": sum(len(v) for v in pairs.values())} if pairs else None,
         "metrics": ranking_metrics(predictions, truth, ks, inv_propensity),
+        "set_metrics": m.set_metrics(sets, truth) if sets is not None else None,
         "curves": curves,
         "deciles": {
             "k": decile_k,

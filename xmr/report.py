@@ -60,6 +60,11 @@ def render_report(result: dict[str, Any], name: str) -> str:
         f"{_percent(result['metrics'][f'MRR@{depth}'])} · coverage@{depth} "
         f"{_percent(result['metrics'][f'coverage@{depth}'])}",
     ]
+    if result.get("set_metrics"):
+        sets = result["set_metrics"]
+        lines += ["", "Predicted label sets: " + " · ".join(
+            f"{kind} P/R/F1 {_percent(sets[f'{kind}_precision'])}/{_percent(sets[f'{kind}_recall'])}/"
+            f"{_percent(sets[f'{kind}_f1'])}" for kind in ("micro", "macro", "example"))]
     if result["groups"]:
         columns = [column for column in ("P@1", "P@5", "R@10", "RP@5", "RP@10") if column in result["metrics"]]
         lines += ["", "## By group", "", "| group | queries | " + " | ".join(columns) + " |",
