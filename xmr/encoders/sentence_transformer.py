@@ -36,6 +36,7 @@ from xmr.encoders.base import (
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, canonical_model_name, resolve_model_location
 from xmr.encoders.fusable import IMAGE_SLOT, FusionTokens
 from xmr.errors import EncoderError
+from xmr.io.atomic import write_text_atomically
 from xmr.io.cache import cache_path
 
 if TYPE_CHECKING:
@@ -410,10 +411,7 @@ def read_stamp(root: Path) -> dict[str, str]:
 
 
 def write_stamp(root: Path, stamp: dict[str, str]) -> None:
-    target = root / ONNX_FOLDER / EXPORT_STAMP
-    temporary = target.with_name(f".{EXPORT_STAMP}.{os.getpid()}")
-    temporary.write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, target)
+    write_text_atomically(root / ONNX_FOLDER / EXPORT_STAMP, json.dumps(stamp, indent=2, sort_keys=True) + "\n")
 
 
 def is_current(root: Path, file_name: str, fingerprint: str) -> bool:
