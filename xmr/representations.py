@@ -20,8 +20,6 @@ import numpy as np
 
 from xmr.errors import XMRError
 
-POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1)  # set bits of each byte
-
 
 class Representation(ABC):
     """Encoded queries or labels; row ``i`` belongs to item ``i``."""
@@ -134,9 +132,16 @@ class BinaryCodes(Representation):
         return BinaryCodes(self.codes[np.asarray(rows, dtype=np.int64)], self.bits)
 
     def hamming(self, candidates: Representation) -> np.ndarray:
-        """Hamming distances ``(len(self), len(candidates))``."""
+        """Hamming distances ``(len(self), len(candidates))`` (FAISS ``hammings``, the popcount kernel its binary
+        indexes use)."""
+        import faiss  # imported here: representations are used where faiss is not needed
+
         other = _same_kind(self, candidates).codes
-        return POPCOUNT[self.codes[:, None, :] ^ other[None, :, :]].sum(axis=2, dtype=np.int64)
+        distances = np.empty((len(self), len(other)), dtype=np.int32)
+        if distances.size:
+            faiss.hammings(faiss.swig_ptr(self.codes), faiss.swig_ptr(np.ascontiguousarray(other)), len(self),
+                           len(other), self.bits // 8, faiss.swig_ptr(distances))
+        return distances.astype(np.int64)
 
     def score(self, candidates: Representation) -> np.ndarray:
         return (self.bits - self.hamming(candidates)).astype(np.float32)
