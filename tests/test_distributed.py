@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as multiprocessing
 
 from xmr.train import distributed
-from xmr.train.losses import MultiPositiveInfoNCE
+from xmr.train.losses import ModelOutput, MultiPositiveInfoNCE
 
 QUERIES, LABELS, DIM = 6, 5, 4
 
@@ -29,7 +29,7 @@ def loss_and_grads(processes: distributed.Processes):
     label_share, label_sizes = distributed.shard(LABELS, processes)
     queries = distributed.gather_with_grad(model(query_inputs[query_share]), query_sizes, processes)
     labels = distributed.gather_with_grad(model(label_inputs[label_share]), label_sizes, processes)
-    loss = MultiPositiveInfoNCE(temperature=0.5)(queries @ labels.T, positives)
+    loss = MultiPositiveInfoNCE(temperature=0.5)(ModelOutput(queries, labels, positives))
     loss.backward()
     distributed.average_gradients(list(model.parameters()), processes)
     return loss.detach(), [parameter.grad.clone() for parameter in model.parameters()]

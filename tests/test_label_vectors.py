@@ -1,23 +1,23 @@
-"""Learned label vectors: balanced clusters, centroids, the combiners, training on frozen queries, the final index."""
+"""Learned label vectors: balanced clusters, centroids, the combiners, the label-vectors task trained through the
+loop on frozen query vectors, and the final index."""
 
 import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from conftest import synthetic_task
+from safetensors.numpy import load_file
 
 import xmr
-from xmr.train import train
-from xmr.train.label_vectors import (
-    LabelParts,
-    LabelVectorModel,
-    balanced_clusters,
-    combined_vectors,
-    label_centroids,
-    train_label_vectors,
-)
+from xmr.datasets import Instances
+from xmr.train import RecipeError, load_recipe, train
+from xmr.train.label_vectors import LabelParts, LabelVectorModel, balanced_clusters, label_centroids
+from xmr.train.recipe import IndexSpec
+from xmr.train.tasks import TASKS
+from xmr.train.tasks.label_vectors import LabelVectorInputs, LabelVectorsSpec, LabelVectorsTask
 
 
 def test_balanced_clusters_are_equal_sized_and_group_neighbours():
@@ -55,52 +55,94 @@ def p_at_1(vectors, queries, positives):
     return np.mean([np.argmax(vectors @ q) in p for q, p in zip(queries, positives, strict=True)])
 
 
+@dataclass
+class FrozenSections:
+    label_vectors: LabelVectorsSpec = field(default_factory=LabelVectorsSpec)
+    index: IndexSpec | None = None
+
+
+def register_frozen(monkeypatch, text, queries, positives, validation_queries=None, validation_positives=None):
+    """Method ``frozen-label-vectors``: the label-vectors task on the given vectors instead of an encoder's."""
+    labels = xmr.LabelCatalogue.from_records([{"id": row, "text": f"label {row}"} for row in range(len(text))])
+    validation = None if validation_queries is None else Instances(
+        list(range(len(validation_queries))), ["query"] * len(validation_queries),
+        [[int(label) for label in row] for row in validation_positives])
+
+    class FrozenLabelVectors(LabelVectorsTask):
+        sections = FrozenSections
+
+        def inputs(self) -> LabelVectorInputs:
+            return LabelVectorInputs(labels, text, queries, positives, validation=validation,
+                                     validation_vectors=validation_queries)
+
+    monkeypatch.setitem(TASKS, "frozen-label-vectors", FrozenLabelVectors)
+
+
+def train_frozen(folder: Path, **label_vectors) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = {"name": "frozen", "method": "frozen-label-vectors", "output": str(folder / "runs"), "index": {},
+              "checkpoint": {"every": 1000}, "label_vectors": label_vectors}
+    (folder / "frozen.yaml").write_text(yaml.safe_dump(recipe))
+    train(folder / "frozen.yaml", say=lambda message: None)
+    return folder / "runs/frozen"
+
+
+def logged(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def best_vectors(run: Path) -> np.ndarray:
+    return load_file(run / "label-vectors/best/vectors.safetensors")["vectors"]
+
+
 @pytest.mark.parametrize("combine", ["sum", "gated", "transformer"])
 @pytest.mark.parametrize("loss", ["softmax", "bce"])
-def test_learned_vectors_beat_text_and_keep_zero_shot_labels(combine, loss):
+def test_learned_vectors_beat_text_and_keep_zero_shot_labels(tmp_path, monkeypatch, combine, loss):
     text, queries, positives = frozen_task()
     train_q, test_q, train_p, test_p = queries[:300], queries[300:], positives[:300], positives[300:]
-    centroids, counts = label_centroids(train_q, train_p, len(text))
-    torch.manual_seed(0)
-    model = LabelVectorModel(LabelParts(text, centroids, counts, balanced_clusters(text, 4)),
-                             ["text", "centroid", "cluster", "classifier"], combine)
-    fit = train_label_vectors(model, train_q, train_p, loss=loss, epochs=30, batch_size=64, lr=2e-2, shortlist=8)
-    assert fit.losses[-1] < 0.8 * fit.losses[0] and fit.best_epoch == 30
-    vectors = combined_vectors(model)
+    register_frozen(monkeypatch, text, train_q, train_p)
+    run = train_frozen(tmp_path, parts=["text", "centroid", "cluster", "classifier"], combine=combine, loss=loss,
+                       clusters=4, epochs=30, batch_size=64, lr=2e-2, shortlist=8)
+    losses = [entry["loss"] for entry in logged(run) if "loss" in entry]
+    assert len(losses) == 30 * 5 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == 30 and summary["best"] is None  # no validation: the last epoch is kept
+    vectors = best_vectors(run)
     assert p_at_1(vectors, test_q, test_p) > p_at_1(text, test_q, test_p) + 0.15
     assert np.array_equal(vectors[-1], text[-1])  # no training queries: the text embedding, unchanged
 
 
-def test_validation_keeps_the_best_epoch_and_refuses_training_that_hurts():
+def test_validation_keeps_the_best_epoch_and_refuses_training_that_hurts(tmp_path, monkeypatch):
     text, queries, positives = frozen_task()
     train_q, valid_q, train_p, valid_p = queries[:300], queries[300:], positives[:300], positives[300:]
-    no_parts = LabelParts(text, np.zeros_like(text), np.ones(len(text)), np.zeros(len(text), dtype=np.int64))
-    scores = []
-
-    def validate(vectors):
-        scores.append(p_at_1(vectors, valid_q, valid_p))
-        return scores[-1]
-
-    torch.manual_seed(0)
-    model = LabelVectorModel(no_parts, ["text", "classifier"], "sum")
-    fit = train_label_vectors(model, train_q, train_p, epochs=8, batch_size=64, lr=2e-2, validate=validate)
-    assert fit.validation == scores and len(scores) == 9 and fit.best_epoch == int(np.argmax(scores))
-    assert fit.best_epoch > 0 and p_at_1(combined_vectors(model), valid_q, valid_p) == max(scores)
+    settings = {"parts": ["text", "classifier"], "combine": "sum", "epochs": 8, "batch_size": 64, "lr": 2e-2}
+    register_frozen(monkeypatch, text, train_q, train_p, valid_q, valid_p)
+    run = train_frozen(tmp_path / "right", **settings)
+    validations = [entry for entry in logged(run) if "validation" in entry]
+    assert [entry["step"] for entry in validations] == [5 * epoch for epoch in range(9)]  # epoch 0: untrained
+    scores = [entry["validation"]["P@1"] for entry in validations]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == int(np.argmax(scores)) > 0 and summary["best"]["value"] == max(scores)
+    assert p_at_1(best_vectors(run), valid_q, valid_p) == pytest.approx(max(scores))
+    assert xmr.load_index(run / "index").manifest["representation"]["normalized"] is False
 
     wrong = [np.array([(p[0] + 1) % (len(text) - 1)]) for p in train_p]  # every training label is wrong
-    model = LabelVectorModel(no_parts, ["text", "classifier"], "sum")
-    fit = train_label_vectors(model, train_q, wrong, epochs=5, batch_size=64, lr=2e-2, validate=validate)
-    assert fit.losses[-1] < fit.losses[0] and fit.best_epoch == 0
-    assert np.array_equal(combined_vectors(model), text)  # the untrained state came back
+    register_frozen(monkeypatch, text, train_q, wrong, valid_q, valid_p)
+    run = train_frozen(tmp_path / "wrong", **{**settings, "epochs": 5})
+    losses = [entry["loss"] for entry in logged(run) if "loss" in entry]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert json.loads((run / "summary.json").read_text())["best_epoch"] == 0
+    assert np.array_equal(best_vectors(run), text)  # the untrained state came back
+    assert not np.array_equal(load_file(run / "label-vectors/last/vectors.safetensors")["vectors"], text)
 
 
 def test_text_only_and_bad_parts_are_refused():
     text, queries, positives = frozen_task()
     centroids, counts = label_centroids(queries, positives, len(text))
     parts = LabelParts(text, centroids, counts, np.zeros(len(text), dtype=np.int64))
-    with pytest.raises(ValueError, match="must include 'text'"):
+    with pytest.raises(RecipeError, match="must include 'text'"):
         LabelVectorModel(parts, ["centroid"], "sum")
-    with pytest.raises(ValueError, match="combine"):
+    with pytest.raises(RecipeError, match="combine"):
         LabelVectorModel(parts, ["text"], "concat")
 
 
@@ -117,15 +159,21 @@ def test_recipe_stage_two_writes_an_index_of_learned_vectors(tmp_path, tiny_mode
               "evaluation": {"every": 100}, "checkpoint": {"every": 100}, "index": {},
               "label_vectors": {"combine": "gated", "epochs": 40, "lr": 2e-2}}
     (tmp_path / "lv.yaml").write_text(yaml.safe_dump(recipe))
-    train(tmp_path / "lv.yaml", say=lambda message: None)
+    assert list(load_recipe(tmp_path / "lv.yaml").tasks) == ["dual-encoder", "label-vectors"]
+    summary = train(tmp_path / "lv.yaml", say=lambda message: None)
     run = tmp_path / "runs/lv"
+    assert summary["index"] == str(run / "index") and summary["label-vectors"]["steps"] == 40  # 1 batch an epoch
+    assert {path.name for path in (run / "stages").iterdir()} == {"dual-encoder.json", "label-vectors.json"}
     learned = xmr.load_index(run / "index")
     encoder = xmr.load_encoder(run / "encoder")
     text_only = xmr.build_index(xmr.LabelCatalogue.from_file(task / "labels.jsonl"), encoder, None)
     scores = {name: xmr.evaluate(index, task / "test.jsonl", ks=(1,))["metrics"]["P@1"]
               for name, index in (("learned", learned), ("text", text_only))}
     assert scores["learned"] > scores["text"] + 0.1, scores
-    row = learned.catalogue.position(999)
-    stored = learned.faiss_index.reconstruct(int(learned.internal_ids[row]))
-    assert np.allclose(stored, encoder.encode_labels(["forklift music"])[0], atol=1e-5)
-    assert learned.manifest["normalized"] is False
+    vectors = best_vectors(run)
+    assert np.allclose(vectors[learned.catalogue.position(999)], encoder.encode_labels(["forklift music"])[0],
+                       atol=1e-5)
+    query = encoder.encode_queries(["forklift truck"])
+    found = learned.search_embeddings(query, k=len(vectors))  # the index holds exactly the learned vectors
+    assert np.allclose(found.scores[0], (vectors @ query[0])[found.rows[0]], atol=1e-5)
+    assert learned.manifest["representation"]["normalized"] is False

@@ -6,10 +6,12 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import synthetic_task
 
@@ -18,8 +20,10 @@ from xmr.catalogue import LabelCatalogue
 from xmr.datasets import read_instances
 from xmr.evaluation import evaluate
 from xmr.train import RecipeError, load_recipe, train
-from xmr.train.batches import TrainingPairs, clustered_plan, make_batch
+from xmr.train.batches import TrainingPairs, clustered_plan, make_batch, random_plan
+from xmr.train.checkpoint import checkpoint_folder, prune_checkpoints
 from xmr.train.mining import mine_hard_negatives
+from xmr.train.tasks import TASKS, LoopSettings, ParameterGroup, Task
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +84,127 @@ def test_recipe_errors_name_file_and_field(tmp_path, task):
     path = write_recipe(tmp_path, task, "x", optimizer={"precision": "fp8"})
     with pytest.raises(RecipeError, match="optimizer.precision"):
         load_recipe(path)
-    assert load_recipe(write_recipe(tmp_path, task, "x"), {"schedule.max_steps": 3}).schedule.max_steps == 3
+    assert load_recipe(write_recipe(tmp_path, task, "x"), {"schedule.max_steps": 3}).section("schedule").max_steps == 3
+
+
+def test_every_problem_of_a_recipe_is_named_at_load(tmp_path, task):
+    """A bad label_vectors.combine used to surface only after the whole encoder stage had trained."""
+    path = write_recipe(tmp_path, task, "x", batching={"batch_size": 0}, index={},
+                        label_vectors={"combine": "concat", "parts": ["text", "centroid"]}, checkpoint={"keep": 0})
+    with pytest.raises(RecipeError) as refused:
+        load_recipe(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: 3 problems: ")
+    assert "label_vectors.combine: 'concat' is not one of sum, gated, transformer" in message
+    assert "batching.batch_size: must be at least 1" in message
+    assert "checkpoint.keep: must be at least 1" in message
+    path = write_recipe(tmp_path, task, "x", label_vectors={"combine": "gated"}, optimizer={"precision": "fp8"})
+    with pytest.raises(RecipeError, match=r"recipe.yaml: 2 problems: optimizer.precision: 'fp8' is not one of auto, "
+                                          r"fp32, bf16, fp16; label_vectors: needs an index section"):
+        load_recipe(path)
+
+
+def test_an_unknown_method_is_refused_naming_the_known_ones(tmp_path, task):
+    path = write_recipe(tmp_path, task, "x", method="uwe")
+    with pytest.raises(RecipeError, match=r"recipe.yaml: method: 'uwe' is not a known method \(known: dual-encoder, "
+                                          r"label-vectors\)"):
+        load_recipe(path)
+    assert load_recipe(write_recipe(tmp_path, task, "x")).method == "dual-encoder"  # the default
+
+
+def test_a_bundled_recipe_loads_by_name_from_any_directory(tmp_path, monkeypatch):
+    source_tree = Path(__file__).resolve().parent.parent / "training"
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("reuters-minilm")
+    assert recipe.name == "reuters-minilm" and recipe.section("data").train.startswith("../shared/data/")
+    assert (source_tree / "reuters-minilm.yaml").is_symlink()
+    assert load_recipe(source_tree / "reuters-minilm.yaml").to_dict() == recipe.to_dict()
+    assert list(load_recipe("reuters-labelvectors").tasks) == ["dual-encoder", "label-vectors"]
+    assert list(load_recipe("esco-labelvectors").tasks) == ["label-vectors"]
+    with pytest.raises(RecipeError, match=r"reuters-minlm: no such recipe file, and not a bundled recipe "
+                                          r"\(esco-labelvectors, esco-minilm, reuters-labelvectors, reuters-minilm"):
+        load_recipe("reuters-minlm")
+
+
+def test_prune_keeps_exactly_the_newest_checkpoints(tmp_path):
+    for step in (5, 10, 15, 20, 100):
+        checkpoint_folder(tmp_path, step).mkdir()
+    prune_checkpoints(tmp_path, keep=2)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-0000020", "step-0000100"]
+    prune_checkpoints(tmp_path, keep=1)
+    assert [path.name for path in tmp_path.iterdir()] == ["step-0000100"]
+    prune_checkpoints(tmp_path, keep=0)
+    assert not list(tmp_path.iterdir())
+
+
+# ---- a method added from outside xmr: a toy task through the loop ---------------------------------------------------
+@dataclass
+class ToySpec:
+    lr: float = 0.05
+    steps: int = 100
+
+
+@dataclass
+class ToySections:
+    toy: ToySpec = field(default_factory=ToySpec)
+
+
+class LeastSquares(Task):
+    """Fit ``w`` in ``x @ w = y`` on 64 fixed points in batches of 8: its own parameter group, rate and loss."""
+
+    sections = ToySections
+    truth = torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.x = torch.from_numpy(np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32))
+        self.weight = torch.nn.Parameter(torch.zeros(4, 1))
+
+    def settings(self):
+        return LoopSettings(batches_per_epoch=8, max_steps=self.context.sections.toy.steps, lr_schedule="constant")
+
+    def parameter_groups(self):
+        return [ParameterGroup("toy-weights", [self.weight], self.context.sections.toy.lr)]
+
+    def begin_epoch(self, epoch):
+        self.plan = random_plan(64, 8, self.context.recipe.seed, epoch)
+        return len(self.plan)
+
+    def forward(self, position, rng):
+        rows = self.plan[position]
+        return self.x[rows] @ self.weight, self.x[rows] @ self.truth
+
+    def loss(self, output):
+        prediction, target = output
+        return ((prediction - target) ** 2).mean()
+
+    def save(self, which):
+        (self.context.run / f"toy-{which}.json").write_text(json.dumps(self.weight.detach().flatten().tolist()))
+
+    def finish(self, best):
+        return {"weight": self.weight.detach().flatten().tolist()}
+
+
+def test_a_task_registered_outside_xmr_trains_through_the_loop(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "least-squares", LeastSquares)
+    recipe = {"name": "toy", "method": "least-squares", "output": str(tmp_path / "runs"), "toy": {"lr": 0.1},
+              "checkpoint": {"every": 25, "keep": 1}}
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(RecipeError, match=r"toy.stpes: unknown key \(known: lr, steps\)"):
+        load_recipe(tmp_path / "toy.yaml", {"toy.stpes": 3})
+    summary = train(tmp_path / "toy.yaml", say=lambda message: None)
+    run = tmp_path / "runs/toy"
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 100 and len(log) == 100 and {entry["task"] for entry in log} == {"least-squares"}
+    assert all(entry["lr"] == {"toy-weights": 0.1} for entry in log)  # its own group at its own constant rate
+    losses = [entry["loss"] for entry in log]
+    assert np.mean(losses[-5:]) < 0.1 * np.mean(losses[:5])
+    assert np.allclose(summary["weight"], LeastSquares.truth.flatten(), atol=0.3)
+    assert json.loads((run / "toy-best.json").read_text()) == summary["weight"]  # no validation: last is best
+    from safetensors.numpy import load_file
+
+    (kept,) = (run / "checkpoints/least-squares").iterdir()
+    assert kept.name == "step-0000100" and set(load_file(kept / "weights.safetensors")) == {"toy-weights.0"}
 
 
 # ---- batches, clustering, mining ------------------------------------------------------------------------------------
@@ -162,7 +286,7 @@ def test_training_lowers_loss_and_raises_p_at_1(trained_run, task, tiny_model):
     assert after > before + 0.3, (before, after)
     for name in ("recipe.json", "summary.json", "training_curve.png", "last/xmr_encoder.json"):
         assert (trained_run / name).is_file(), name
-    assert len(list((trained_run / "checkpoints").iterdir())) == 2  # keep: 2
+    assert len(list((trained_run / "checkpoints/dual-encoder").iterdir())) == 2  # keep: 2
 
 
 def test_trained_encoder_builds_with_the_cli_and_centroid_index_loads(trained_run, task, tmp_path):
@@ -234,7 +358,7 @@ def test_kill_9_then_resume_gives_the_same_result(tmp_path, task, tiny_model):
     crashed.mkdir()
     recipe = write_recipe(crashed, task, encoder, **sections)
     process = run_cli(recipe)
-    wait_for(crashed / "runs/run/checkpoints/step-0000040/trainer.json", process)
+    wait_for(crashed / "runs/run/checkpoints/dual-encoder/step-0000040/trainer.json", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (crashed / "runs/run/summary.json").exists(), "the run finished before it was killed"
@@ -257,7 +381,7 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path, task, tiny_model):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 2
     assert "continue with --resume" in process.stderr.read().decode()
-    checkpoints = list((tmp_path / "runs/run/checkpoints").glob("step-*/trainer.json"))
+    checkpoints = list((tmp_path / "runs/run/checkpoints/dual-encoder").glob("step-*/trainer.json"))
     assert len(checkpoints) == 1
     step = json.loads(checkpoints[0].read_text())["step"]
     logged = [json.loads(line) for line in (tmp_path / "runs/run/log.jsonl").read_text().splitlines()]
@@ -303,15 +427,14 @@ def test_fused_encoder_trains_its_image_projection(tmp_path, tiny_model, tiny_cl
 
 
 def test_a_second_process_on_the_same_run_is_refused(tmp_path, task):
-    from xmr.train.trainer import Trainer
+    from xmr.train.run import lock_run_folder
 
     recipe = load_recipe(write_recipe(tmp_path, task, "unused"))
-    first, second = Trainer(recipe), Trainer(recipe)
-    first._lock()
+    first = lock_run_folder(recipe.run_folder)
     with pytest.raises(xmr.XMRError, match="in use by another xmr train"):
-        second._lock()
-    first._lock_file.close()
-    second._lock()
+        train(recipe, say=lambda message: None)
+    first.close()
+    lock_run_folder(recipe.run_folder).close()
 
 
 def test_zero_steps_keeps_the_encoder_and_builds_the_index(trained_run, task, tmp_path):
@@ -322,7 +445,7 @@ def test_zero_steps_keeps_the_encoder_and_builds_the_index(trained_run, task, tm
     kept = xmr.load_encoder(tmp_path / "runs/run/encoder")
     texts = ["python sql", "forklift truck"]
     assert np.allclose(kept.encode_queries(texts), xmr.load_encoder(trained_run / "encoder").encode_queries(texts))
-    assert xmr.load_index(tmp_path / "runs/run/index").manifest["normalized"] is True
+    assert xmr.load_index(tmp_path / "runs/run/index").manifest["representation"]["normalized"] is True
 
 
 def test_bf16_autocast_trains(tmp_path, task, tiny_model):

@@ -1,17 +1,16 @@
 """Training checkpoints without pickle: tensors in safetensors, everything else in JSON, written atomically.
 
-A checkpoint folder ``checkpoints/step-NNNNNNN/`` holds the trainable weights, the optimiser's tensors and
-settings, the learning-rate schedule, the gradient scaler, the epoch's batch plan and mined negatives, and the
-position in the data. ``trainer.json`` is written last inside a temporary folder that is then renamed, so a folder
-with that name is always complete; a run killed mid-write leaves only a temporary folder, ignored on resume.
+A checkpoint folder ``checkpoints/TASK/step-NNNNNNN/`` holds the trainable weights, the optimiser's tensors and
+settings, the learning-rate schedule, the gradient scaler, the task's arrays (its batch plan, mined negatives ...)
+and the loop's and the task's position. The folder is written as a temporary sibling and renamed when complete
+(``xmr.io.atomic``), so a folder with a ``trainer.json`` is always whole; a run killed mid-write leaves only a
+temporary folder, ignored on resume.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +20,14 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
-from xmr.index.folder import swap_into_place
+from xmr.errors import XMRError
+from xmr.io.atomic import write_folder_atomically
 
 STATE_FILE = "trainer.json"
 WEIGHTS_FILE = "weights.safetensors"
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 ARRAYS_FILE = "arrays.safetensors"
 PREFIX = "step-"
-
-
-def write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` into a temporary sibling folder, then rename it to ``out`` (replacing an old ``out``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def trainable_weights(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
@@ -51,9 +38,11 @@ def trainable_weights(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, 
 
 def load_trainable_weights(groups: dict[str, list[torch.nn.Parameter]], tensors: dict[str, torch.Tensor],
                            where: Path) -> None:
+    """Copy a checkpoint's tensors into the parameters (same groups, sizes and order, else an error naming it)."""
     expected = trainable_weights(groups)
     if set(expected) != set(tensors) or any(expected[key].shape != tensors[key].shape for key in expected):
-        raise ValueError(f"{where}: the checkpoint's weights do not fit this recipe's encoder")
+        raise XMRError(f"{where}: the checkpoint's weights do not fit this recipe's model (start again with "
+                       "--restart)")
     with torch.no_grad():
         for group, parameters in groups.items():
             for position, parameter in enumerate(parameters):
@@ -94,7 +83,8 @@ def save_checkpoint(folder: Path, *, weights: dict[str, torch.Tensor], optimizer
                 "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
         (tmp / STATE_FILE).write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
 
-    return write_atomically(folder, write)
+    write_folder_atomically(folder, write)
+    return folder
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any]:
@@ -106,17 +96,19 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
     return body
 
 
-def checkpoint_folder(run: Path, step: int) -> Path:
-    return run / "checkpoints" / f"{PREFIX}{step:07d}"
+def checkpoint_folder(checkpoints: Path, step: int) -> Path:
+    """``checkpoints/step-NNNNNNN`` (zero-padded, so names sort by step)."""
+    return checkpoints / f"{PREFIX}{step:07d}"
 
 
-def latest_checkpoint(run: Path) -> Path | None:
-    """The newest complete checkpoint of a run, if any."""
-    folders = [folder for folder in (run / "checkpoints").glob(f"{PREFIX}*") if (folder / STATE_FILE).is_file()]
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint in a checkpoints folder, if any."""
+    folders = [folder for folder in checkpoints.glob(f"{PREFIX}*") if (folder / STATE_FILE).is_file()]
     return max(folders, key=lambda folder: folder.name) if folders else None
 
 
-def prune_checkpoints(run: Path, keep: int) -> None:
-    folders = sorted(folder for folder in (run / "checkpoints").glob(f"{PREFIX}*") if folder.is_dir())
-    for folder in folders[:-keep]:
+def prune_checkpoints(checkpoints: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoint folders (``keep`` 0 deletes them all)."""
+    folders = sorted(folder for folder in checkpoints.glob(f"{PREFIX}*") if folder.is_dir())
+    for folder in folders[:max(0, len(folders) - keep)]:
         shutil.rmtree(folder, ignore_errors=True)

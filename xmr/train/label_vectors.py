@@ -4,25 +4,26 @@ A label's vector combines parts: its text embedding, the centroid of its trainin
 Sec. 3.4), a free vector shared by its label cluster (NGAME/DEXA auxiliary vectors over balanced k-means clusters of
 the label embeddings), and a per-label classifier vector (NGAME's one-vs-all classifiers, trained with shortlisted
 negatives). Parts are combined by a plain sum, a gated sum (one learned gate per part and dimension), or a PRIME-style
-small Transformer over the parts. Training sees frozen query embeddings only, so it takes seconds; the result is one
-``(labels, dim)`` matrix written into an ordinary index folder. Labels without training queries keep their text
-embedding exactly, so zero-shot labels are served as before.
+small Transformer over the parts. Training (the ``label-vectors`` task, ``xmr.train.tasks.label_vectors``) sees
+frozen query embeddings only, so it takes seconds; the result is one ``(labels, dim)`` matrix written into an
+ordinary index folder. Labels without training queries keep their text embedding exactly, so zero-shot labels are
+served as before.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
-import torch.nn.functional as functional
 
-from xmr.train.losses import decoupled_log_probs
+from xmr.train.recipe import RecipeError
 
-PARTS = ("text", "centroid", "cluster", "classifier")
-COMBINERS = ("sum", "gated", "transformer")
+Part = Literal["text", "centroid", "cluster", "classifier"]
+Combiner = Literal["sum", "gated", "transformer"]
+PARTS: tuple[str, ...] = get_args(Part)
+COMBINERS: tuple[str, ...] = get_args(Combiner)
 
 
 def label_centroids(query_vectors: np.ndarray, positives: list[np.ndarray], n_labels: int) -> tuple[np.ndarray,
@@ -88,9 +89,9 @@ class LabelVectorModel(torch.nn.Module):
         super().__init__()
         unknown = sorted(set(use) - set(PARTS))
         if unknown or "text" not in use:
-            raise ValueError(f"label_vectors.parts: {use} must include 'text' and come from {list(PARTS)}")
+            raise RecipeError(f"label_vectors.parts: {use} must include 'text' and come from {list(PARTS)}")
         if combine not in COMBINERS:
-            raise ValueError(f"label_vectors.combine: {combine!r} is not one of {list(COMBINERS)}")
+            raise RecipeError(f"label_vectors.combine: {combine!r} is not one of {list(COMBINERS)}")
         self.use, self.combine = list(use), combine
         n_labels, dim = parts.text.shape
         self.register_buffer("text", torch.from_numpy(parts.text))
@@ -130,74 +131,9 @@ class LabelVectorModel(torch.nn.Module):
         return torch.where(self.has_queries[labels, None], vectors, self.text[labels])  # zero-shot labels: text only
 
 
-@dataclass
-class LabelVectorFit:
-    """What stage 2 did: mean loss per epoch, the validation score after each epoch (index 0: before training) and
-    the epoch whose parameters the model holds at the end (0: the untrained sum of the fixed parts)."""
-
-    losses: list[float]
-    validation: list[float]
-    best_epoch: int
-
-
-def train_label_vectors(model: LabelVectorModel, query_vectors: np.ndarray, positives: list[np.ndarray], *,
-                        loss: str = "softmax", shortlist: int = 0, epochs: int = 20, batch_size: int = 256,
-                        lr: float = 1e-2, weight_decay: float = 0.0, temperature: float = 0.05, seed: int = 0,
-                        validate: Callable[[np.ndarray], float] | None = None) -> LabelVectorFit:
-    """Fit the learned parts on frozen query vectors.
-
-    Each batch scores its queries against its shortlist: the queries' positives plus the ``shortlist`` labels that
-    currently score highest (all labels when ``shortlist`` is 0 or covers them). ``softmax`` is the decoupled
-    softmax (each positive against the non-positives), ``bce`` one-vs-all logistic loss on ``q . v / temperature``.
-    ``validate`` scores combined vectors (higher is better) before training and after every epoch; the model ends
-    with the best-scoring parameters, so per-label parts that overfit their few queries never reach the index.
-    """
-    if loss not in ("softmax", "bce"):
-        raise ValueError(f"label_vectors.loss: {loss!r} is not softmax or bce")
-    generator = torch.Generator().manual_seed(seed)
-    queries = torch.from_numpy(np.ascontiguousarray(query_vectors, dtype=np.float32))
-    n_labels = model.text.shape[0]
-    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    scores = [validate(combined_vectors(model))] if validate else []
-    if not parameters:
-        return LabelVectorFit([], scores, 0)
-    best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    all_labels = torch.arange(n_labels)
-    history = []
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(len(queries), generator=generator)
-        total, batches = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            row_positives = [positives[row] for row in rows.tolist()]
-            columns = all_labels
-            if 0 < shortlist < n_labels:
-                with torch.no_grad():
-                    top = (queries[rows] @ model(all_labels).T).topk(shortlist, dim=1).indices
-                columns = torch.unique(torch.cat([top.flatten(), torch.from_numpy(np.concatenate(row_positives))]))
-            logits = queries[rows] @ model(columns).T / temperature
-            cells = torch.from_numpy(np.stack([np.isin(columns.numpy(), labels) for labels in row_positives]))
-            if loss == "bce":
-                value = functional.binary_cross_entropy_with_logits(logits, cells.float())
-            else:
-                has = cells.any(dim=1)
-                log_probs = decoupled_log_probs(logits[has], cells[has])
-                value = -((log_probs * cells[has]).sum(dim=1) / cells[has].sum(dim=1)).mean()
-            optimizer.zero_grad()
-            value.backward()
-            optimizer.step()
-            total, batches = total + float(value.detach()), batches + 1
-        history.append(total / batches)
-        if validate:
-            scores.append(validate(combined_vectors(model)))
-            if scores[-1] > scores[best_epoch]:
-                best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
-    if validate:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = epochs
-    return LabelVectorFit(history, scores, best_epoch)
+def unit_length(vectors: np.ndarray) -> bool:
+    """Whether every row is unit length (what an index records as ``normalized``)."""
+    return bool(np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3))
 
 
 @torch.no_grad()

@@ -1,12 +1,17 @@
-"""Contrastive losses over the in-batch query x label score matrix, aware of many positives per query.
+"""Contrastive losses over what a model scored in a batch, aware of many positives per query.
 
-Every loss takes ``scores`` (queries x label columns, cosine or inner product), ``positives`` (bool, same shape:
-column j is a true label of query i) and ``anchors`` (one sampled positive column per query, used by losses that
-contrast a single positive). A query's other positives are never treated as its negatives.
+Every loss takes a :class:`ModelOutput`: the batch's query and label representations, ``positives`` (bool, queries x
+label columns: column j is a true label of query i), ``anchors`` (one sampled positive column per query, used by
+losses that contrast a single positive) and the ``similarity`` that turns representations into the score matrix
+(default the inner product of one vector per side; a late-interaction model passes token embeddings and its own
+similarity). A query's other positives are never treated as its negatives.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import torch
@@ -15,6 +20,26 @@ import torch.nn.functional as functional
 from xmr.train.recipe import RecipeError
 
 MASKED = -1e4  # a logit that contributes nothing to a logsumexp, yet keeps gradients finite (unlike -inf)
+
+
+def inner_product(queries: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``queries @ labels.T`` in float32 (cosine when both sides are unit length)."""
+    return queries.float() @ labels.float().T
+
+
+@dataclass
+class ModelOutput:
+    """One micro-batch as a model saw it; ``scores`` (queries x label columns) is ``similarity(query, label)``."""
+
+    query: torch.Tensor
+    label: torch.Tensor
+    positives: torch.Tensor  # bool (queries, label columns)
+    anchors: torch.Tensor | None = None  # column of each query's sampled positive
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = inner_product
+
+    @cached_property
+    def scores(self) -> torch.Tensor:
+        return self.similarity(self.query, self.label)
 
 
 def decoupled_log_probs(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -36,9 +61,8 @@ class MultiPositiveInfoNCE(torch.nn.Module):
         self.temperature = temperature
         self.symmetric = symmetric
 
-    def forward(self, scores: torch.Tensor, positives: torch.Tensor,
-                anchors: torch.Tensor | None = None) -> torch.Tensor:
-        logits = scores.float() / self.temperature
+    def forward(self, output: ModelOutput) -> torch.Tensor:
+        logits, positives = output.scores.float() / self.temperature, output.positives
         query_to_label = -decoupled_log_probs(logits, positives)[positives].mean()
         if not self.symmetric:
             return query_to_label
@@ -57,9 +81,9 @@ class DecoupledSoftmaxLoss(torch.nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, scores: torch.Tensor, positives: torch.Tensor,
-                anchors: torch.Tensor | None = None) -> torch.Tensor:
-        log_probs = decoupled_log_probs(scores.float() / self.temperature, positives)
+    def forward(self, output: ModelOutput) -> torch.Tensor:
+        positives = output.positives
+        log_probs = decoupled_log_probs(output.scores.float() / self.temperature, positives)
         per_query_positives = positives.sum(dim=1)
         has_positive = per_query_positives > 0
         per_query = (log_probs * positives).sum(dim=1)[has_positive] / per_query_positives[has_positive]
@@ -83,9 +107,8 @@ class OHNMTripletLoss(torch.nn.Module):
         self.k, self.margin_min, self.margin_max = k, margin_min, margin_max
         self.aggressive, self.tau = aggressive, tau
 
-    def forward(self, scores: torch.Tensor, positives: torch.Tensor,
-                anchors: torch.Tensor | None = None) -> torch.Tensor:
-        scores = scores.float()
+    def forward(self, output: ModelOutput) -> torch.Tensor:
+        scores, positives, anchors = output.scores.float(), output.positives, output.anchors
         has_positive = positives.any(dim=1)
         scores, positives = scores[has_positive], positives[has_positive]
         if anchors is None:  # a uniformly drawn positive column per query
@@ -105,10 +128,26 @@ class OHNMTripletLoss(torch.nn.Module):
         return loss.sum(dim=1).mean()
 
 
+class OneVsAllBCELoss(torch.nn.Module):
+    """One-vs-all logistic loss (the one-vs-all label classifiers of NGAME, Dahiya et al., WSDM 2023): every cell is a
+    binary problem on ``s / temperature``, positives against every scored non-positive; mean over cells."""
+
+    one_positive_per_query: ClassVar[bool] = False
+
+    def __init__(self, temperature: float = 0.05) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, output: ModelOutput) -> torch.Tensor:
+        return functional.binary_cross_entropy_with_logits(output.scores.float() / self.temperature,
+                                                           output.positives.float())
+
+
 LOSSES: dict[str, type[torch.nn.Module]] = {
     "multi-positive-infonce": MultiPositiveInfoNCE,
     "decoupled-softmax": DecoupledSoftmaxLoss,
     "ohnm-triplet": OHNMTripletLoss,
+    "one-vs-all-bce": OneVsAllBCELoss,
 }
 
 

@@ -1,8 +1,11 @@
 """Training recipes: YAML files validated into dataclasses, with errors that name the file and the field.
 
-A recipe names the data, the encoder (any ``load_encoder`` spec), the loss, negatives, batching, optimiser and
-schedule, evaluation, checkpoints and the index to build at the end. Relative data paths are resolved against the
-current directory (recipes are run from the repository root, like every other xmr command).
+A recipe names its ``method`` (a task in ``xmr.train.tasks.TASKS``, default ``dual-encoder``) and the run-level
+keys every recipe has (``name``, ``seed``, ``output``, ``evaluation``, ``checkpoint``); every other top-level key is
+a section that the method's task (or a task it hands over to, e.g. ``label_vectors:``) declares as a dataclass.
+Loading checks the whole file and reports every problem at once. Recipes bundled with xmr
+(``xmr/train/recipes/*.yaml``) load by bare name (``load_recipe("reuters-minilm")``). Relative data paths are
+resolved against the current directory, like every other xmr command (override them with ``--set data.train=...``).
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from xmr.errors import XMRError
+
+BUNDLED = resources.files("xmr.train") / "recipes"
 
 
 class RecipeError(XMRError, ValueError):
     """A recipe is malformed; the message names the file and the field."""
 
 
+# ---- sections shared by several tasks ------------------------------------------------------------------------------
 @dataclass
 class DataSpec:
     train: str  # queries with their labels: xmr JSONL, XMC repository formats, HF datasets folder
@@ -31,87 +38,21 @@ class DataSpec:
 
 
 @dataclass
-class LoraSpec:
-    """LoRA adapter for decoder encoders (peft); defaults are ViXML's run script (rank 256, alpha 256, attention and
-    MLP projections; it sets no dropout)."""
-
-    r: int = 256
-    alpha: int = 256
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                               "up_proj", "down_proj"])
-
-
-@dataclass
-class LossSpec:
-    name: str = "multi-positive-infonce"  # or decoupled-softmax, ohnm-triplet
-    options: dict[str, Any] = field(default_factory=dict)  # the loss's own parameters (temperature, k, margins ...)
-
-
-@dataclass
-class MinedSpec:
-    """ANCE-style hard negatives: top labels of each training query in an index of the current label vectors."""
-
-    per_query: int = 2  # hard negatives added to the batch per query
-    depth: int = 20  # how many top non-positive labels to keep per query at each refresh
-    refresh_every: int = 200  # optimiser steps between refreshes (and one before the first step)
-    factory: str = "Flat"
-
-
-@dataclass
-class NegativesSpec:
-    all_labels_up_to: int = 0  # catalogues of at most this many labels: every label is a column of every batch
-    mined: MinedSpec | None = None
-    positive_sampling: str = "uniform"  # or "inverse-propensity" (ViXML: A=0.6, B=2.6) for one-positive losses
-    propensity: list[float] = field(default_factory=lambda: [0.6, 2.6])
-
-
-@dataclass
-class ClusteredSpec:
-    """NGAME negative-aware batching: batches are cut from k-means clusters of the current query embeddings."""
-
-    cluster_size: int = 8
-    max_cluster_size: int = 64
-    recluster_every: int = 1  # epochs; the cluster size doubles at each recluster (curriculum)
-    start_epoch: int = 1  # epoch 0 uses random batches (untrained embeddings cluster poorly)
-
-
-@dataclass
-class BatchingSpec:
-    batch_size: int = 32  # queries per micro-batch and process
-    clustered: ClusteredSpec | None = None
-    train_max_length: int | None = None  # truncate texts to this many tokens while training (encoding keeps its own)
-
-
-@dataclass
 class OptimizerSpec:
     lr: float = 2e-5
     projection_lr: float = 5e-4  # image/output projections (fused encoders, decoder projections); ViXML's value
     weight_decay: float = 0.01
-    warmup: float = 0.1  # fraction of all optimiser steps with linear warm-up; then linear decay to zero
+    warmup: float = 0.1  # fraction of all optimiser steps with linear warm-up
+    lr_schedule: Literal["linear", "constant"] = "linear"  # after the warm-up: linear decay to zero, or constant
     clip_norm: float | None = 1.0
     accumulate: int = 1  # micro-batches per optimiser step
-    precision: str = "auto"  # auto (bf16 on CUDA with bf16 support, else fp32), fp32, bf16, fp16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA with bf16 support, else fp32
 
 
 @dataclass
 class ScheduleSpec:
     epochs: float = 1.0
     max_steps: int | None = None  # optimiser steps; overrides epochs (0: keep the encoder, run the index stages only)
-
-
-@dataclass
-class EvaluationSpec:
-    every: int | None = None  # optimiser steps between validation runs (and always at the end)
-    ks: list[int] = field(default_factory=lambda: [1, 3, 5])
-    metric: str = "P@1"  # the metric that picks the best checkpoint
-    before: bool = True  # also evaluate the untrained encoder (step 0)
-
-
-@dataclass
-class CheckpointSpec:
-    every: int = 100  # optimiser steps; a checkpoint is also written on SIGTERM
-    keep: int = 2
 
 
 @dataclass
@@ -122,69 +63,81 @@ class IndexSpec:
     centroid_weight: float = 0.0  # > 0: label vector = normalise(text vector + w * mean of its training queries)
 
 
+# ---- the keys of every recipe ------------------------------------------------------------------------------------
 @dataclass
-class LabelVectorsSpec:
-    """Second stage: learned label vectors over the trained encoder's frozen query vectors (see label_vectors.py)."""
+class EvaluationSpec:
+    every: int | None = None  # optimiser steps between validation runs (and always at the end)
+    ks: list[int] = field(default_factory=lambda: [1, 3, 5])
+    metric: str = "P@1"  # the metric that picks the best checkpoint
+    before: bool = True  # also evaluate the untrained model (step 0)
 
-    parts: list[str] = field(default_factory=lambda: ["text", "centroid", "cluster", "classifier"])
-    combine: str = "sum"  # sum, gated, transformer (PRIME-style)
-    clusters: int | None = None  # label clusters for the free vectors (default: labels / 8)
-    loss: str = "softmax"  # decoupled softmax, or bce (one-vs-all)
-    shortlist: int = 0  # negatives per batch: the top-scoring labels (0: all labels)
-    epochs: int = 20
-    batch_size: int = 256
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    temperature: float = 0.05
-    select_on_validation: bool = True  # keep the epoch that scores best on evaluation.metric
+
+@dataclass
+class CheckpointSpec:
+    every: int = 100  # optimiser steps; a checkpoint is also written on SIGTERM
+    keep: int = 2  # the newest checkpoints kept (at least 1: resume needs one)
 
 
 @dataclass
 class Recipe:
+    """A validated recipe: the run-level keys, and ``tasks``: each task of the run (the method first, then the tasks
+    it hands over to) with its own validated sections, in the order they run."""
+
     name: str
-    data: DataSpec
-    encoder: Any = "all-MiniLM-L6-v2"  # any load_encoder spec: name, alias, config mapping, encoder folder
+    method: str = "dual-encoder"
     seed: int = 0
     output: str = "runs"
-    lora: LoraSpec | None = None
-    loss: LossSpec = field(default_factory=LossSpec)
-    negatives: NegativesSpec = field(default_factory=NegativesSpec)
-    batching: BatchingSpec = field(default_factory=BatchingSpec)
-    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
-    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
-    index: IndexSpec | None = None
-    label_vectors: LabelVectorsSpec | None = None  # needs an index section: the learned vectors are what it indexes
+    tasks: dict[str, Any] = field(default_factory=dict, init=False, repr=False)  # not a recipe key
 
     @property
     def run_folder(self) -> Path:
         return Path(self.output) / self.name
 
+    def section(self, key: str) -> Any:
+        """A task section by its recipe key (``recipe.section("batching").batch_size``)."""
+        for sections in self.tasks.values():
+            if key in {item.name for item in dataclasses.fields(sections)}:
+                return getattr(sections, key)
+        raise KeyError(f"recipe {self.name!r} has no section {key!r}")
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every key as the YAML would spell it (sections shared by two tasks appear once)."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if item.init}
+        for sections in self.tasks.values():
+            values.update({item.name: getattr(sections, item.name) for item in dataclasses.fields(sections)})
+        return {key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+                for key, value in values.items()}
 
 
-def _convert(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` against a dataclass field annotation, recursing into nested specs."""
+# ---- validation ------------------------------------------------------------------------------------------------------
+def _convert(value: Any, annotation: Any, where: str, problems: list[str]) -> Any:
+    """Check ``value`` against a dataclass field annotation, recursing into nested specs (whose problems go to
+    ``problems``); a problem with the value itself raises :class:`RecipeError`."""
     origin = typing.get_origin(annotation)
     if origin in (types.UnionType, typing.Union):
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None
         (inner,) = [option for option in options if option is not type(None)]
-        return _convert(value, inner, where)
+        return _convert(value, inner, where, problems)
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
-        return build(annotation, value, where)
+        return build(annotation, value, where, problems)
     if annotation is Any:
         return value
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if isinstance(value, str) and value in choices:
+            return value
+        raise RecipeError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
     if origin is list:
         (inner,) = typing.get_args(annotation)
         if not isinstance(value, list):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
-        return [_convert(item, inner, f"{where}[{position}]") for position, item in enumerate(value)]
+        return [_convert(item, inner, f"{where}[{position}]", problems) for position, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
@@ -201,29 +154,45 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     raise RecipeError(f"{where}: expected {annotation.__name__}, got {value!r}")
 
 
-def build(spec: type, values: dict[str, Any], where: str) -> Any:
-    """A spec dataclass from a mapping; unknown or missing keys are errors naming the field path."""
+def build(spec: type, values: dict[str, Any], where: str, problems: list[str]) -> Any:
+    """A spec dataclass from a mapping, or None when something is wrong; every unknown key, missing key and bad
+    value is appended to ``problems`` as ``field.path: what`` (fields with ``init=False`` are not keys)."""
     hints = typing.get_type_hints(spec)
-    known = {item.name: item for item in dataclasses.fields(spec)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        path = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise RecipeError(f"{path}: unknown key (known: {', '.join(known)})")
+    known = {item.name: item for item in dataclasses.fields(spec) if item.init}
+    before = len(problems)
+    for key in sorted(set(values) - set(known), key=str):
+        problems.append(f"{where + '.' if where else ''}{key}: unknown key (known: {', '.join(known)})")
     options = {}
     for name, item in known.items():
         path = f"{where}.{name}" if where else name
         if name in values:
-            options[name] = _convert(values[name], hints[name], path)
+            try:
+                options[name] = _convert(values[name], hints[name], path, problems)
+            except RecipeError as error:
+                problems.append(str(error))
         elif item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
-            raise RecipeError(f"{path}: required")
-    return spec(**options)
+            problems.append(f"{path}: required")
+    return spec(**options) if len(problems) == before else None
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """An existing file, or the bundled recipe of a bare name (``reuters-minilm``: no suffix, no folder)."""
+    path = Path(path)
+    if path.exists() or path.suffix or len(path.parts) != 1:
+        return path
+    bundled = BUNDLED / f"{path.name}.yaml"
+    if not bundled.is_file():
+        names = sorted(entry.name[:-5] for entry in BUNDLED.iterdir() if entry.name.endswith(".yaml"))
+        raise RecipeError(f"{path}: no such recipe file, and not a bundled recipe ({', '.join(names)})")
+    return Path(str(bundled))
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """Read and validate a YAML recipe; ``overrides`` (``{"schedule.max_steps": 10}``) replace single fields."""
+    """Read and validate a YAML recipe (a path, or a bundled recipe's name); ``overrides``
+    (``{"schedule.max_steps": 10}``) replace single fields. Every problem is reported in one :class:`RecipeError`."""
     import yaml
 
-    path = Path(path)
+    path = resolve_recipe(path)
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -240,35 +209,53 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = value
-    try:
-        recipe = build(Recipe, values, "")
-    except RecipeError as error:
-        raise RecipeError(f"{path}: {error}") from None
-    _check(recipe, path)
+    problems: list[str] = []
+    recipe = _validate(values, problems)
+    problems = list(dict.fromkeys(problems))  # a section shared by two tasks reports its problems once
+    if len(problems) == 1:
+        raise RecipeError(f"{path}: {problems[0]}")
+    if problems:
+        raise RecipeError(f"{path}: {len(problems)} problems: " + "; ".join(problems))
     return recipe
 
 
-def _check(recipe: Recipe, path: Path) -> None:
-    problems = []
-    if recipe.negatives.positive_sampling not in ("uniform", "inverse-propensity"):
-        problems.append(f"negatives.positive_sampling: {recipe.negatives.positive_sampling!r} is not uniform or "
-                        "inverse-propensity")
-    if recipe.optimizer.precision not in ("auto", "fp32", "bf16", "fp16"):
-        problems.append(f"optimizer.precision: {recipe.optimizer.precision!r} is not auto, fp32, bf16 or fp16")
-    for name in ("batch_size",):
-        if getattr(recipe.batching, name) < 1:
-            problems.append(f"batching.{name}: must be at least 1")
-    if recipe.optimizer.accumulate < 1:
-        problems.append("optimizer.accumulate: must be at least 1")
-    if recipe.checkpoint.every < 1:
-        problems.append("checkpoint.every: must be at least 1")
-    if recipe.schedule.max_steps is not None and recipe.schedule.max_steps < 0:
-        problems.append("schedule.max_steps: must be at least 0")
-    if recipe.schedule.max_steps is None and recipe.schedule.epochs <= 0:
-        problems.append("schedule.epochs: must be positive (or set schedule.max_steps)")
-    if recipe.label_vectors is not None and recipe.index is None:
-        problems.append("label_vectors: needs an index section (the learned vectors are written into runs/NAME/index)")
+def _validate(values: dict[str, Any], problems: list[str]) -> Recipe | None:
+    """The recipe of ``values``: run-level keys, then each task's sections and checks; problems are collected."""
+    from xmr.train.tasks import TASKS, task_chain
+
+    run_keys = [item.name for item in dataclasses.fields(Recipe) if item.init]
+    method = values.get("method", "dual-encoder")
+    if method not in TASKS:
+        problems.append(f"method: {method!r} is not a known method (known: {', '.join(sorted(TASKS))})")
+        build(Recipe, {key: value for key, value in values.items() if key in run_keys and key != "method"}, "",
+              problems)
+        return None
+    candidates, chain = task_chain(method, values)
+    section_keys = list(dict.fromkeys(item.name for task in candidates
+                                      for item in dataclasses.fields(TASKS[task].sections)))
+    for key in sorted(set(values) - set(run_keys) - set(section_keys), key=str):
+        problems.append(f"{key}: unknown key (known: {', '.join(run_keys + section_keys)})")
+    recipe = build(Recipe, {key: value for key, value in values.items() if key in run_keys}, "", problems)
+    _check_run(recipe, problems)
+    for task in chain:
+        spec = TASKS[task].sections
+        mine = {item.name for item in dataclasses.fields(spec)}
+        sections = build(spec, {key: value for key, value in values.items() if key in mine}, "", problems)
+        if sections is not None:
+            problems.extend(TASKS[task].check(sections))
+            if recipe is not None:
+                recipe.tasks[task] = sections
+    return recipe
+
+
+def _check_run(recipe: Recipe | None, problems: list[str]) -> None:
+    if recipe is None:
+        return
     if "/" in recipe.name or recipe.name in ("", ".", ".."):
         problems.append(f"name: {recipe.name!r} must be a plain folder name")
-    if problems:
-        raise RecipeError(f"{path}: {problems[0]}")
+    if recipe.checkpoint.every < 1:
+        problems.append("checkpoint.every: must be at least 1")
+    if recipe.checkpoint.keep < 1:
+        problems.append("checkpoint.keep: must be at least 1 (resume needs a checkpoint)")
+    if recipe.evaluation.every is not None and recipe.evaluation.every < 1:
+        problems.append("evaluation.every: must be at least 1 (or null: validate at the end only)")
