@@ -154,15 +154,14 @@ def test_rerank_scores_are_exact_inner_products_and_restore_recall(tmp_path):
         plain.search_embeddings(queries, k=3, rerank=5)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: LabelIndex.predict_encoded (xmr/index/label_index.py:128) passes "
-                   "only the first `rerank` candidates to the re-rank stage and keeps what it returns, so k=10 with "
-                   "rerank=5 gives 5 columns; before the stage design all max(k, rerank) candidates were re-scored")
 def test_a_rerank_shallower_than_k_still_returns_k_hits():
     labels, queries = clustered(n=2000)
     coarse = recipes.IndexRecipe("pq-coarse", "IVF16,PQ8x4fs", search={"nprobe": 16}, rerank=100)
     index = build_index_from_embeddings(catalogue_of(len(labels)), labels, None, recipe=coarse)
     result = index.search_embeddings(queries, k=10, rerank=5)
     assert result.rows.shape == (len(queries), 10) and result.found.all()
+    exact = np.take_along_axis(queries @ labels.T, result.rows, axis=1)
+    np.testing.assert_allclose(result.scores, exact, atol=1e-5)  # all k hits re-scored exactly
 
 
 def test_auto_calibrates_to_the_target_and_records_why(tmp_path, monkeypatch):

@@ -123,9 +123,10 @@ class LabelIndex(Predictor):
         ids, scores = searcher.search(queries, depth, knobs)
         rows = self._rows_of(ids)
         for position, (stage, stage_depth) in enumerate(zip(self.rerankers, depths, strict=True)):
-            if stage_depth:
+            if stage_depth:  # re-score the top max(depth, what is kept) candidates, keep what later stages need
                 keep = max(int(k), *depths[position + 1:]) if position + 1 < len(depths) else int(k)
-                ids, scores, rows = stage.rerank(queries, ids[:, :stage_depth], rows[:, :stage_depth], keep)
+                width = max(stage_depth, keep)
+                ids, scores, rows = stage.rerank(queries, ids[:, :width], rows[:, :width], keep)
         ids, scores, rows = ids[:, :k], scores[:, :k], rows[:, :k]
         return SearchResult(ids=ids, scores=scores, rows=rows, catalogue=self.catalogue,
                             score=score_name(self.representation))
