@@ -89,13 +89,14 @@ def test_recipe_errors_name_file_and_field(tmp_path, task):
 
 def test_every_problem_of_a_recipe_is_named_at_load(tmp_path, task):
     """A bad label_vectors.combine used to surface only after the whole encoder stage had trained."""
-    path = write_recipe(tmp_path, task, "x", batching={"batch_size": 0}, index={},
-                        label_vectors={"combine": "concat", "parts": ["text", "centroid"]}, checkpoint={"keep": 0})
+    path = write_recipe(tmp_path, task, "x", batching={"batch_size": 0}, index={}, checkpoint={"keep": 0},
+                        label_vectors={"combine": "concat", "parts": ["text", "centroid"], "epochs": -1})
     with pytest.raises(RecipeError) as refused:
         load_recipe(path)
     message = str(refused.value)
-    assert message.startswith(f"{path}: 3 problems: ")
+    assert message.startswith(f"{path}: 4 problems: ")
     assert "label_vectors.combine: 'concat' is not one of sum, gated, transformer" in message
+    assert "label_vectors.epochs: must be at least 0" in message  # checked although combine is bad
     assert "batching.batch_size: must be at least 1" in message
     assert "checkpoint.keep: must be at least 1" in message
     path = write_recipe(tmp_path, task, "x", label_vectors={"combine": "gated"}, optimizer={"precision": "fp8"})

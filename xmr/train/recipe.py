@@ -112,6 +112,10 @@ class Recipe:
 
 
 # ---- validation ------------------------------------------------------------------------------------------------------
+class _Failed(Exception):
+    """A nested spec could not be built; its problems are already recorded."""
+
+
 def _convert(value: Any, annotation: Any, where: str, problems: list[str]) -> Any:
     """Check ``value`` against a dataclass field annotation, recursing into nested specs (whose problems go to
     ``problems``); a problem with the value itself raises :class:`RecipeError`."""
@@ -125,7 +129,10 @@ def _convert(value: Any, annotation: Any, where: str, problems: list[str]) -> An
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
-        return build(annotation, value, where, problems)
+        built = build(annotation, value, where, problems)
+        if built is None:
+            raise _Failed
+        return built
     if annotation is Any:
         return value
     if origin is Literal:
@@ -155,24 +162,30 @@ def _convert(value: Any, annotation: Any, where: str, problems: list[str]) -> An
 
 
 def build(spec: type, values: dict[str, Any], where: str, problems: list[str]) -> Any:
-    """A spec dataclass from a mapping, or None when something is wrong; every unknown key, missing key and bad
-    value is appended to ``problems`` as ``field.path: what`` (fields with ``init=False`` are not keys)."""
+    """A spec dataclass from a mapping; every unknown key, missing key and bad value is appended to ``problems`` as
+    ``field.path: what`` (fields with ``init=False`` are not keys). A bad field takes its default, so that checks
+    on the other fields still run; None when a required field is missing or bad."""
     hints = typing.get_type_hints(spec)
     known = {item.name: item for item in dataclasses.fields(spec) if item.init}
-    before = len(problems)
     for key in sorted(set(values) - set(known), key=str):
         problems.append(f"{where + '.' if where else ''}{key}: unknown key (known: {', '.join(known)})")
-    options = {}
+    options, complete = {}, True
     for name, item in known.items():
         path = f"{where}.{name}" if where else name
-        if name in values:
-            try:
-                options[name] = _convert(values[name], hints[name], path, problems)
-            except RecipeError as error:
-                problems.append(str(error))
-        elif item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
-            problems.append(f"{path}: required")
-    return spec(**options) if len(problems) == before else None
+        required = item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+        if name not in values:
+            if required:
+                problems.append(f"{path}: required")
+                complete = False
+            continue
+        try:
+            options[name] = _convert(values[name], hints[name], path, problems)
+        except RecipeError as error:
+            problems.append(str(error))
+            complete = complete and not required
+        except _Failed:
+            complete = complete and not required
+    return spec(**options) if complete else None
 
 
 def resolve_recipe(path: str | Path) -> Path:
@@ -241,7 +254,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> Recipe | None:
         spec = TASKS[task].sections
         mine = {item.name for item in dataclasses.fields(spec)}
         sections = build(spec, {key: value for key, value in values.items() if key in mine}, "", problems)
-        if sections is not None:
+        if sections is not None:  # checked even when some fields are bad (they took their defaults)
             problems.extend(TASKS[task].check(sections))
             if recipe is not None:
                 recipe.tasks[task] = sections
