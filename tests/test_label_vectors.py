@@ -78,12 +78,12 @@ def register_frozen(monkeypatch, text, queries, positives, validation_queries=No
     monkeypatch.setitem(TASKS, "frozen-label-vectors", FrozenLabelVectors)
 
 
-def train_frozen(folder: Path, **label_vectors) -> Path:
+def train_frozen(folder: Path, checkpoint_every: int = 1000, resume: bool = False, **label_vectors) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     recipe = {"name": "frozen", "method": "frozen-label-vectors", "output": str(folder / "runs"), "index": {},
-              "checkpoint": {"every": 1000}, "label_vectors": label_vectors}
+              "checkpoint": {"every": checkpoint_every}, "label_vectors": label_vectors}
     (folder / "frozen.yaml").write_text(yaml.safe_dump(recipe))
-    train(folder / "frozen.yaml", say=lambda message: None)
+    train(folder / "frozen.yaml", resume=resume, say=lambda message: None)
     return folder / "runs/frozen"
 
 
@@ -134,6 +134,30 @@ def test_validation_keeps_the_best_epoch_and_refuses_training_that_hurts(tmp_pat
     assert json.loads((run / "summary.json").read_text())["best_epoch"] == 0
     assert np.array_equal(best_vectors(run), text)  # the untrained state came back
     assert not np.array_equal(load_file(run / "label-vectors/last/vectors.safetensors")["vectors"], text)
+
+
+def test_label_vectors_resume_exactly_after_a_crash(tmp_path, monkeypatch):
+    text, queries, positives = frozen_task()
+    data = (text, queries[:300], positives[:300], queries[300:], positives[300:])
+    settings = {"combine": "transformer", "clusters": 4, "epochs": 4, "batch_size": 64, "lr": 2e-2, "shortlist": 8}
+    register_frozen(monkeypatch, *data)
+    straight = train_frozen(tmp_path / "straight", **settings)
+
+    def crash(self, step: int) -> None:
+        if step == 13:
+            raise RuntimeError("crash")
+
+    register_frozen(monkeypatch, *data)
+    monkeypatch.setattr(TASKS["frozen-label-vectors"], "before_step", crash)
+    with pytest.raises(RuntimeError, match="crash"):
+        train_frozen(tmp_path / "crashed", checkpoint_every=7, **settings)
+    assert not (tmp_path / "crashed/runs/frozen/stages").exists()
+    register_frozen(monkeypatch, *data)
+    crashed = train_frozen(tmp_path / "crashed", checkpoint_every=7, resume=True, **settings)  # from step 7
+    assert np.array_equal(best_vectors(straight), best_vectors(crashed))
+    assert [entry.get("validation") for entry in logged(straight)] == [entry.get("validation")
+                                                                      for entry in logged(crashed)]
+    assert [entry.get("loss") for entry in logged(straight)] == [entry.get("loss") for entry in logged(crashed)]
 
 
 def test_text_only_and_bad_parts_are_refused():

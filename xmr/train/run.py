@@ -33,12 +33,13 @@ SUMMARY_OUTPUTS = ("index", "index_seconds")  # a later task's final index repla
 
 
 def train(recipe: Recipe | str | Path, resume: bool = False, restart: bool = False,
-          say: Callable[[str], None] = print) -> dict[str, Any]:
+          say: Callable[[str], None] = print, device: str | None = None) -> dict[str, Any]:
     """Run a recipe (a :class:`Recipe`, a path or a bundled recipe's name); returns the run summary (also written to
-    ``runs/NAME/summary.json``): the method's summary, each later task's under its name."""
+    ``runs/NAME/summary.json``): the method's summary, each later task's under its name. ``device`` overrides the
+    default (CUDA when available) of a single-process run."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    processes = distributed.start()
+    processes = distributed.start(device)
     say = say if processes.main else (lambda message: None)
     run = recipe.run_folder
     lock = lock_run_folder(run) if processes.main else None
