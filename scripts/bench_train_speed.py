@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from xmr.train import load_recipe
-from xmr.train.trainer import Trainer
+from xmr.train import load_recipe, train
 
 
 def measure(recipe_path: str, steps: int, device: str, precision: str) -> dict:
@@ -26,16 +25,14 @@ def measure(recipe_path: str, steps: int, device: str, precision: str) -> dict:
                                            "label_vectors": None, "evaluation.every": None,
                                            "checkpoint.every": 10**9, "optimizer.precision": precision,
                                            "negatives.mined": None})
-        trainer = Trainer(recipe, say=lambda message: None)
-        trainer.processes.device = device
         started = time.perf_counter()
-        summary = trainer.run()
+        summary = train(recipe, device=device, say=lambda message: None)
         seconds = time.perf_counter() - started
     return {"recipe": recipe.name, "device": device, "precision": precision, "steps": steps,
             "seconds": round(summary["train_seconds"], 2), "wall_s": round(seconds, 2),
             "steps_per_s": round(steps / summary["train_seconds"], 3),
-            "queries_per_s": round(steps * recipe.batching.batch_size * recipe.optimizer.accumulate
-                                   / summary["train_seconds"], 1)}
+            "queries_per_s": round(steps * recipe.section("batching").batch_size
+                                   * recipe.section("optimizer").accumulate / summary["train_seconds"], 1)}
 
 
 def main() -> None:

@@ -239,6 +239,10 @@ def _validate(values: dict[str, Any], problems: list[str]) -> Recipe | None:
     run_keys = [item.name for item in dataclasses.fields(Recipe) if item.init]
     method = values.get("method", "dual-encoder")
     if method not in TASKS:
+        from xmr.methods import import_methods
+
+        import_methods()  # a method's own task registers when its package is imported
+    if method not in TASKS:
         problems.append(f"method: {method!r} is not a known method (known: {', '.join(sorted(TASKS))})")
         build(Recipe, {key: value for key, value in values.items() if key in run_keys and key != "method"}, "",
               problems)

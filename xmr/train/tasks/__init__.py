@@ -18,6 +18,16 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
+def register_task(name: str):
+    """Class decorator for a method package's task (``xmr/methods.py``): recipes select it with ``method: name``."""
+
+    def decorate(cls: type[Task]) -> type[Task]:
+        TASKS[name] = cls
+        return cls
+
+    return decorate
+
+
 def task_chain(method: str, values: dict[str, Any]) -> tuple[list[str], list[str]]:
     """For a recipe's raw ``values``: the tasks whose sections it may have (``method`` and every task it can be
     followed by) and the tasks that run, in order (``method``, then each follower whose recipe key is set)."""
@@ -35,4 +45,4 @@ def task_chain(method: str, values: dict[str, Any]) -> tuple[list[str], list[str
     return list(dict.fromkeys(candidates)), chain
 
 
-__all__ = ["TASKS", "LoopSettings", "ParameterGroup", "Task", "TaskContext", "task_chain"]
+__all__ = ["TASKS", "LoopSettings", "ParameterGroup", "Task", "TaskContext", "register_task", "task_chain"]
