@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # method name -> package whose import registers its encoders, stages, tasks and predictor kinds
 METHODS: dict[str, str] = {}
@@ -35,3 +39,17 @@ def import_methods() -> None:
         if package not in _imported:
             importlib.import_module(package)
             _imported.add(package)
+
+
+def registrar(table: dict[str, Any], name: str, attribute: str | None = "type_name") -> Callable[[T], T]:
+    """A class decorator that enters the class in ``table`` under ``name`` (and sets ``cls.<attribute> = name``):
+    what ``register_encoder``, ``register_stage`` and ``register_task`` share."""
+
+    def decorate(cls: T) -> T:
+        if attribute:
+            setattr(cls, attribute, name)
+        table[name] = cls
+        return cls
+
+    return decorate
+

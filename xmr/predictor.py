@@ -60,6 +60,35 @@ class Predictor(ABC):
         return len(self.catalogue)
 
 
+class EncodedPredictor(Predictor):
+    """A predictor that encodes queries with its ``encoder`` and then predicts from the encoding (indexes):
+    ``predict(items) = predict_encoded(encode_queries(items))``; ``search``/``search_embeddings`` are the same calls
+    under their index names."""
+
+    encoder: Any  # an xmr Encoder (a property on indexes, which load it on first use)
+    internal_ids: np.ndarray
+
+    def encode_queries(self, items: Sequence[Item] | Item) -> Representation:
+        return self.encoder.encode(as_items(items), "query")
+
+    def predict(self, items: Sequence[Item] | Item, k: int = 10, **knobs: Any) -> SearchResult:
+        """Top-k labels for each query (texts, or ``{"text", "image"}`` items); knobs like ``efSearch=128``."""
+        return self.predict_encoded(self.encode_queries(items), k=k, **knobs)
+
+    @abstractmethod
+    def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **knobs: Any) -> SearchResult: ...
+
+    def search(self, queries: Sequence[Item] | Item, k: int = 10, **knobs: Any) -> SearchResult:
+        return self.predict(queries, k=k, **knobs)
+
+    def search_embeddings(self, queries: Representation | np.ndarray, k: int = 10, **knobs: Any) -> SearchResult:
+        return self.predict_encoded(queries, k=k, **knobs)
+
+    def internal_id(self, label_id: Any) -> int:
+        """Internal id of a catalogue label id (what ``SearchResult.ids`` holds)."""
+        return int(self.internal_ids[self.catalogue.position(label_id)])
+
+
 def as_items(queries: Sequence[Item] | Item) -> list[Item]:
     """One query (a string or a mapping) or a sequence of them, as a list."""
     if isinstance(queries, (str, Mapping)):

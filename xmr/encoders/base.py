@@ -9,7 +9,7 @@ is what an index folder records and checks on load.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from xmr.errors import EncoderError, UnsupportedOperation
+from xmr.methods import registrar
 from xmr.representations import REPRESENTATIONS, DenseVectors, Representation
 
 if TYPE_CHECKING:
@@ -31,15 +32,9 @@ FOLDER_PATH_KEYS = ("model", "adapter", "projection_file", "text")  # config pat
 SIDES = ("query", "label")
 
 
-def register_encoder(type_name: str):
+def register_encoder(type_name: str) -> Callable[[type[Encoder]], type[Encoder]]:
     """Class decorator: make ``load_encoder({"type": type_name, ...})`` build this class."""
-
-    def decorate(cls: type[Encoder]) -> type[Encoder]:
-        cls.type_name = type_name
-        ENCODER_TYPES[type_name] = cls
-        return cls
-
-    return decorate
+    return registrar(ENCODER_TYPES, type_name)
 
 
 class Encoder(ABC):

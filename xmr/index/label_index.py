@@ -25,13 +25,13 @@ import pyarrow.parquet as pq
 
 from xmr._version import __version__
 from xmr.catalogue import LabelCatalogue, LabelId
-from xmr.encoders import Encoder, Item, load_encoder
+from xmr.encoders import Encoder, load_encoder
 from xmr.errors import CatalogueError, IndexFolderError, UnsupportedOperation, XMRError
 from xmr.index import faiss_ops
 from xmr.index.folder import read_manifest, verify_files, write_index_folder
 from xmr.index.recipes import IndexRecipe, auto_recipe, load_recipe, parse_memory
 from xmr.index.stages import STAGES, CandidateStage, RerankStage, candidate_stage_for, stage_class
-from xmr.predictor import Predictor, as_items
+from xmr.predictor import EncodedPredictor
 from xmr.representations import REPRESENTATIONS, DenseVectors, Representation, as_representation
 from xmr.search import SearchResult
 
@@ -46,7 +46,7 @@ def score_name(spec: Mapping[str, Any]) -> str:
     return "cosine" if spec.get("normalized") else SCORE_NAMES.get(spec["kind"], "score")
 
 
-class LabelIndex(Predictor):
+class LabelIndex(EncodedPredictor):
     """Search labels by query (texts, images, or precomputed representations); add, remove and save labels."""
 
     kind = "label-index"
@@ -95,15 +95,6 @@ class LabelIndex(Predictor):
         return self._encoder
 
     # ---- search -------------------------------------------------------------------------------------------
-    def encode_queries(self, items: Sequence[Item] | Item) -> Representation:
-        return self.encoder.encode(as_items(items), "query")
-
-    def predict(self, items: Sequence[Item] | Item, k: int = 10, **knobs: int) -> SearchResult:
-        """Top-k labels for each query (texts, or ``{"text", "image"}`` items); knobs like ``efSearch=128``."""
-        return self.predict_encoded(self.encode_queries(items), k=k, **knobs)
-
-    search = predict
-
     def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **knobs: int) -> SearchResult:
         """Top-k labels for encoded queries (a representation, or a float32 array for dense indexes).
 
@@ -130,8 +121,6 @@ class LabelIndex(Predictor):
         ids, scores, rows = ids[:, :k], scores[:, :k], rows[:, :k]
         return SearchResult(ids=ids, scores=scores, rows=rows, catalogue=self.catalogue,
                             score=score_name(self.representation))
-
-    search_embeddings = predict_encoded
 
     def to_device(self, device: str = "cuda", dtype: str = "float16") -> LabelIndex:
         """Search on a GPU: FAISS GPU indexes when faiss has GPUs, else exact torch search (Flat indexes only).
@@ -175,10 +164,6 @@ class LabelIndex(Predictor):
                 stage.depth = int(knobs.pop(stage.knob))
         self.candidates.set_knobs(knobs)
         self._record_stages()
-
-    def internal_id(self, label_id: LabelId) -> int:
-        """Internal id of a catalogue label id (what ``SearchResult.ids`` holds)."""
-        return int(self.internal_ids[self.catalogue.position(label_id)])
 
     # ---- changes ------------------------------------------------------------------------------------------
     def _check_writable(self) -> None:

@@ -24,13 +24,13 @@ import faiss
 import numpy as np
 
 from xmr._version import __version__
-from xmr.catalogue import LabelCatalogue, LabelId
-from xmr.encoders import Encoder, Item
+from xmr.catalogue import LabelCatalogue
+from xmr.encoders import Encoder
 from xmr.errors import IndexFolderError, XMRError
 from xmr.index.folder import read_manifest, write_manifest
 from xmr.index.label_index import LabelIndex, load_index
 from xmr.io.atomic import write_folder_atomically
-from xmr.predictor import Predictor, as_items
+from xmr.predictor import EncodedPredictor
 from xmr.representations import Representation, as_representation
 from xmr.search import SearchResult
 
@@ -51,7 +51,7 @@ def merge_top_k(ids: Sequence[np.ndarray], scores: Sequence[np.ndarray], k: int)
     return merged_ids, merged_scores
 
 
-class ShardedIndex(Predictor):
+class ShardedIndex(EncodedPredictor):
     """Several label indexes searched as one (in parallel threads: FAISS releases the GIL while it searches)."""
 
     kind = "sharded-index"
@@ -89,17 +89,6 @@ class ShardedIndex(Predictor):
     def encoder(self) -> Encoder:
         return self.shards[0].encoder
 
-    def internal_id(self, label_id: LabelId) -> int:
-        return int(self.internal_ids[self.catalogue.position(label_id)])
-
-    def encode_queries(self, items: Sequence[Item] | Item) -> Representation:
-        return self.encoder.encode(as_items(items), "query")
-
-    def predict(self, items: Sequence[Item] | Item, k: int = 10, **knobs: int) -> SearchResult:
-        return self.predict_encoded(self.encode_queries(items), k=k, **knobs)
-
-    search = predict
-
     def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **knobs: int) -> SearchResult:
         """Every shard's top-k (searched in parallel), merged by score; ids are global (offset + shard id)."""
         queries = as_representation(queries, self.representation)
@@ -109,8 +98,6 @@ class ShardedIndex(Predictor):
         rows = np.searchsorted(self.internal_ids, ids).clip(max=len(self.internal_ids) - 1)
         rows = np.where((ids >= 0) & (self.internal_ids[rows] == ids), rows, -1)
         return SearchResult(ids=ids, scores=scores, rows=rows, catalogue=self.catalogue, score=results[0].score)
-
-    search_embeddings = predict_encoded
 
     def describe(self) -> dict[str, Any]:
         first = self.shards[0].describe()

@@ -9,26 +9,22 @@ metric. Internal label ids are what candidate stages store; re-rank stages keep 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from xmr.errors import IndexFolderError, XMRError
+from xmr.methods import registrar
 from xmr.representations import Representation
 
 STAGES: dict[str, type[Stage]] = {}
 
 
-def register_stage(type_name: str):
+def register_stage(type_name: str) -> Callable[[type[Stage]], type[Stage]]:
     """Class decorator: a manifest stage section with ``"type": type_name`` opens with this class."""
-
-    def decorate(cls: type[Stage]) -> type[Stage]:
-        cls.type_name = type_name
-        STAGES[type_name] = cls
-        return cls
-
-    return decorate
+    return registrar(STAGES, type_name)
 
 
 def stage_class(section: dict[str, Any], where: Path | str | None) -> type[Stage]:

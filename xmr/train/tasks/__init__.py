@@ -6,8 +6,10 @@ loop, the recipe loader and the other tasks do not change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from xmr.methods import registrar
 from xmr.train.tasks.base import LoopSettings, ParameterGroup, Task, TaskContext
 from xmr.train.tasks.dual_encoder import DualEncoderTask
 from xmr.train.tasks.label_vectors import LabelVectorsTask
@@ -18,14 +20,9 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def register_task(name: str):
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
     """Class decorator for a method package's task (``xmr/methods.py``): recipes select it with ``method: name``."""
-
-    def decorate(cls: type[Task]) -> type[Task]:
-        TASKS[name] = cls
-        return cls
-
-    return decorate
+    return registrar(TASKS, name, attribute=None)
 
 
 def task_chain(method: str, values: dict[str, Any]) -> tuple[list[str], list[str]]:
