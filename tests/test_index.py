@@ -8,7 +8,7 @@ from conftest import label_records
 
 import xmr
 from xmr.errors import IndexFolderError, UnsupportedOperation, XMRError
-from xmr.index.folder import read_manifest
+from xmr.index.folder import manifest_digest, read_manifest
 
 
 @pytest.fixture
@@ -58,13 +58,17 @@ def test_exact_search_equals_numpy_brute_force(catalogue, tiny_encoder):
     np.testing.assert_allclose(top, result.scores, rtol=1e-5, atol=1e-6)
 
 
-def test_k_beyond_label_count_pads(tiny_encoder):
+def test_k_beyond_label_count_is_clamped_and_missing_hits_pad(catalogue, tiny_encoder):
     small = xmr.LabelCatalogue.from_records([{"id": "a", "text": "python"}, {"id": "b", "text": "cook food"}])
-    result = xmr.build_index(small, tiny_encoder, None).search(["python"], k=4)
-    assert result.ids[0, 2:].tolist() == [-1, -1] and result.rows[0, 2:].tolist() == [-1, -1]
-    assert np.isnan(result.scores[0, 2:]).all() and result.found[0].tolist() == [True, True, False, False]
+    result = xmr.build_index(small, tiny_encoder, None).search(["python"], k=10**9)  # never allocates 10**9 columns
+    assert result.ids.shape == (1, 2) and result.found.all()
     assert [hit[0] for hit in result.labels(0)] == ["a", "b"] and result.label_ids(0) == ["a", "b"]
     assert json.dumps(result.to_records())  # JSON-ready
+    coarse = xmr.build_index(catalogue, tiny_encoder, None, factory="IVF4,Flat", search_params={"nprobe": 1})
+    probed = coarse.search(["python"], k=len(catalogue))  # one of four lists holds fewer than all labels
+    assert 0 < probed.found.sum() < len(catalogue)
+    assert (probed.ids[~probed.found] == -1).all() and np.isnan(probed.scores[~probed.found]).all()
+    assert probed.found[0, :probed.found.sum()].all()  # hits first, padding after
 
 
 def test_bad_query_shapes_and_k(catalogue, tiny_encoder):
@@ -151,20 +155,23 @@ def test_mismatched_encoder_dim_or_metric_is_refused(catalogue, tiny_encoder, ti
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["representation"]["dim"] = 64
     (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match="manifest was modified after it was written"):
+        xmr.load_index(out)
+    write_sealed(out, manifest)
     with pytest.raises(IndexFolderError, match="index.faiss has dim 32, manifest says 64"):
         xmr.load_index(out)
     manifest["representation"]["dim"], manifest["representation"]["metric"] = 32, "hamming"
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed(out, manifest)
     with pytest.raises(IndexFolderError, match="unknown representation or metric"):
         xmr.load_index(out)
     manifest["representation"]["metric"] = "inner_product"
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed(out, manifest)
     with pytest.raises(IndexFolderError, match="holds dim 32, the encoder gives 16"):
         xmr.load_index(out, encoder=dim_changed(tiny_encoder))
     flat_l2 = faiss.IndexIDMap2(faiss.IndexFlatL2(32))
     faiss.write_index(flat_l2, str(out / "index.faiss"))
     manifest["files"]["index.faiss"]["bytes"] = (out / "index.faiss").stat().st_size  # sizes are checked always
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed(out, manifest)
     with pytest.raises(IndexFolderError, match="metric does not match"):
         xmr.load_index(out, verify=False)
 
@@ -232,3 +239,10 @@ def test_index_from_precomputed_vectors(catalogue, tiny_encoder, tmp_path):
         loaded.search(["python"])
     with pytest.raises(XMRError, match="299 label rows for 300 labels"):
         xmr.build_index_from_embeddings(catalogue, vectors[:-1], None)
+
+
+def write_sealed(folder, manifest):
+    """Write an edited manifest with a matching digest: a consistent manifest of some other folder, so the checks
+    behind the digest are what is tested."""
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))

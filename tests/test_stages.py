@@ -17,6 +17,7 @@ from xmr.cli import main
 from xmr.encoders import load_encoder
 from xmr.errors import IndexFolderError, XMRError
 from xmr.evaluation import evaluate
+from xmr.index.folder import manifest_digest
 from xmr.predictor import Predictor, as_items, load_predictor
 from xmr.representations import BinaryCodes, DenseVectors, TokenVectors
 from xmr.search import SearchResult
@@ -180,11 +181,11 @@ def test_stage_files_must_be_checksummed_and_stage_types_known(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["stages"].append({"role": "rerank", "type": "exact-dense", "files": ["vectors.npy"], "depth": 5})
     np.save(folder / "vectors.npy", v1_vectors())
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed(folder, manifest)
     with pytest.raises(IndexFolderError, match=r"no checksum for \['vectors.npy'\]"):
         xmr.load_index(folder)
     manifest["stages"] = [{**manifest["stages"][0], "type": "mystery"}]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    write_sealed(folder, manifest)
     with pytest.raises(IndexFolderError, match="unknown index stage 'mystery'"):
         xmr.load_index(folder)
 
@@ -205,3 +206,10 @@ def test_a_sharded_folder_keeps_its_saved_id_offsets_and_merges_exactly(tmp_path
     np.testing.assert_allclose(result.scores, single.scores, atol=1e-6)
     with pytest.raises(XMRError, match="overlap"):
         xmr.ShardedIndex(halves, id_offsets=[0, 10])
+
+
+def write_sealed(folder, manifest):
+    """Write an edited manifest with a matching digest: a consistent manifest of some other folder, so the checks
+    behind the digest are what is tested."""
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))

@@ -29,13 +29,16 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
                                                    "stored vectors)")
     parser.add_argument("--mmap", action="store_true", help="memory-map the index (fast open, shared pages)")
     parser.add_argument("--search-device", help="search on a GPU, e.g. cuda (faiss-gpu, or exact torch search)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow an encoder whose config sets trust_remote_code to run its model folder's Python "
+                             "code, for this run only (an index folder cannot allow it by itself)")
 
 
 def _open_predictor(args: argparse.Namespace, verify: bool = True) -> Any:
     """Any predictor folder (label index, sharded index, ...), on a search device if asked."""
     from xmr.predictor import load_predictor
 
-    predictor = load_predictor(args.index, verify=verify, mmap=args.mmap)
+    predictor = load_predictor(args.index, verify=verify, mmap=args.mmap, trust_remote_code=args.trust_remote_code)
     if args.search_device:
         if not hasattr(predictor, "to_device"):
             raise XMRError(f"--search-device: a {predictor.kind} predictor does not search on a device")
@@ -161,6 +164,10 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"labels       {described['labels']}" + (f" (ids: {manifest['labels']['id_type']}, from "
                                                     f"{manifest['labels']['source']})" if "labels" in manifest else ""))
     print(f"encoder      {encoder.get('type')}: {encoder.get('model', '')}")
+    from xmr.index.label_index import asks_for_remote_code
+
+    print("remote code  " + ("the encoder config sets trust_remote_code: loading it runs code from the model folder "
+                             "and needs --trust-remote-code" if asks_for_remote_code(encoder) else "not asked for"))
     print(f"represents   {spec['kind']}, {spec['metric']}, " + ", ".join(
         f"{key} {spec[key]}" for key in ("dim", "bits", "normalized") if key in spec))
     print(f"pipeline     {described['structure']}, search parameters {described['params'] or '{}'}")

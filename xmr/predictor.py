@@ -17,7 +17,7 @@ import numpy as np
 
 from xmr.catalogue import LabelCatalogue
 from xmr.encoders.base import Item
-from xmr.errors import IndexFolderError, UnsupportedOperation
+from xmr.errors import IndexFolderError, InvalidArgument, UnsupportedOperation
 from xmr.representations import Representation
 from xmr.search import SearchResult
 
@@ -90,10 +90,24 @@ class EncodedPredictor(Predictor):
 
 
 def as_items(queries: Sequence[Item] | Item) -> list[Item]:
-    """One query (a string or a mapping) or a sequence of them, as a list."""
+    """One query (a string or a mapping) or a sequence of them, as a list; a query without text or image (blank text,
+    None, a number) is an error naming its position, since it would return arbitrary labels."""
     if isinstance(queries, (str, Mapping)):
-        return [queries]
-    return list(queries)
+        queries = [queries]
+    elif not isinstance(queries, Sequence):
+        raise InvalidArgument(f"queries must be a text, a {{'text', 'image'}} mapping or a list of them, got "
+                              f"{type(queries).__name__}")
+    items = list(queries)
+    for position, item in enumerate(items):
+        if isinstance(item, str):
+            text, images = item, None
+        elif isinstance(item, Mapping):
+            text, images = item.get("text") or "", item.get("image") or item.get("images")
+        else:
+            raise InvalidArgument(f"query {position} is a {type(item).__name__}, not a text or a mapping")
+        if not (isinstance(text, str) and text.strip()) and not images:
+            raise InvalidArgument(f"query {position} has no text (blank) and no image")
+    return items
 
 
 def load_predictor(path: str | Path, **options: Any) -> Predictor:

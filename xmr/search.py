@@ -18,9 +18,9 @@ from xmr.catalogue import LabelCatalogue, LabelId
 
 @dataclass
 class SearchResult:
-    """``rows`` int64 ``(n, k)`` catalogue rows best first, ``ids`` the predictor's internal label ids, ``scores``
-    float32 ``(n, k)``; ``sets`` (optional) the predicted label set of each query as catalogue rows, for set metrics
-    (F1) of predictors that decide how many labels apply.
+    """``rows`` int64 ``(n, k)`` catalogue rows best first (``k`` at most the number of labels), ``ids`` the
+    predictor's internal label ids, ``scores`` float32 ``(n, k)``; ``sets`` (optional) the predicted label set of
+    each query as catalogue rows, for set metrics (F1) of predictors that decide how many labels apply.
 
     Internal ids are the label's row at index creation, so for a catalogue whose ids are ``0..L-1`` in file order
     they equal the label ids; :meth:`labels` and :meth:`label_ids` always give the catalogue's own ids.

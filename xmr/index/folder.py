@@ -9,6 +9,8 @@ Format version 2 (written since the stage design)::
     stages          [{"role": "candidates", "type": "faiss", "files": [...], ...knobs}, {"role": "rerank", ...}]
     recipe          the index recipe that chose the stages, and why
     files           {name: {"sha256", "bytes"}} for every data file
+    manifest_sha256 SHA-256 of the manifest itself without this key (canonical JSON): any edit of the manifest
+                    (encoder settings, next internal id, a stage's knobs) is detected on load
 
 Version-1 folders (one FAISS index, ``faiss`` section, optional ``vectors.npy``) are read through
 :func:`upgrade_v1`, so they keep loading unchanged.
@@ -16,6 +18,7 @@ Version-1 folders (one FAISS index, ``faiss`` section, optional ``vectors.npy``)
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -39,19 +42,41 @@ def write_index_folder(out: Path, write_files: Callable[[Path], dict[str, Any]])
     ``out`` that is not an xmr folder (non-empty, no manifest) is refused.
     """
     out = Path(out)
-    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise IndexFolderError(f"{out}: exists and is not an xmr index folder; refusing to replace it")
+    refuse_foreign(out)
 
     return write_folder_atomically(out, lambda tmp: write_manifest(tmp, write_files(tmp)), fsync=True)
 
 
+def refuse_foreign(out: Path) -> None:
+    """Refuse to replace ``out`` unless it is absent, an empty folder, or an xmr folder (its manifest says so)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise IndexFolderError(f"{out}: exists and is not a folder; refusing to replace it")
+    if not any(out.iterdir()):
+        return
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexFolderError(f"{out}: exists and is not an xmr index folder; refusing to replace it")
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical JSON without ``manifest_sha256``."""
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(folder: Path, body: dict[str, Any]) -> dict[str, Any]:
-    """Add format, timestamp and the checksums of every file directly in ``folder`` to ``body``; write it as
-    ``folder/manifest.json`` and return it."""
+    """Add format, timestamp, the checksums of every file directly in ``folder`` and the manifest's own digest to
+    ``body``; write it as ``folder/manifest.json`` and return it."""
     files = {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
              for path in sorted(Path(folder).iterdir()) if path.is_file()}
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **body,
                 "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "files": files}
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
@@ -74,7 +99,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"{path}: format version {manifest.get('format_version')} is not supported "
             f"(this xmr reads versions {', '.join(map(str, READABLE_VERSIONS))}); rebuild the index"
         )
-    return upgrade_v1(manifest) if manifest["format_version"] == 1 else manifest
+    holds_files = manifest.get("kind", "label-index") == "label-index"  # sharded folders hold folders, not files
+    if holds_files and (not isinstance(manifest.get("files"), dict) or not manifest["files"]):
+        raise IndexFolderError(f"{path}: the manifest lists no files with checksums; refusing an unverifiable folder")
+    if manifest["format_version"] == 1:
+        return upgrade_v1(manifest)
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise IndexFolderError(f"{path}: the manifest was modified after it was written (its manifest_sha256 does "
+                               "not match); rebuild the index or restore the original manifest")
+    return manifest
 
 
 def upgrade_v1(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class LabelIndex(EncodedPredictor):
 
     def __init__(self, catalogue: LabelCatalogue, internal_ids: np.ndarray, candidates: CandidateStage,
                  rerankers: Sequence[RerankStage], manifest: dict[str, Any], path: Path | None = None,
-                 encoder: Encoder | None = None, read_only: bool = False) -> None:
+                 encoder: Encoder | None = None, read_only: bool = False, trust_remote_code: bool = False) -> None:
         self.catalogue = catalogue
         self.internal_ids = np.asarray(internal_ids, dtype=np.int64)
         self.candidates = candidates
@@ -62,6 +62,7 @@ class LabelIndex(EncodedPredictor):
         self.path = path
         self._encoder = encoder
         self.read_only = read_only  # opened memory-mapped: stage data is not writable
+        self.trust_remote_code = trust_remote_code  # the caller's permission for this process, never the folder's
         self.device_search: Any = None  # the candidate stage placed on a GPU, see to_device()
 
     # ---- properties ---------------------------------------------------------------------------------------
@@ -89,6 +90,11 @@ class LabelIndex(EncodedPredictor):
             if self.manifest["encoder"].get("type") == NO_ENCODER:
                 raise XMRError(f"{self.path or 'this index'} was built from precomputed vectors without an encoder; "
                                "query it with search_embeddings")
+            if asks_for_remote_code(self.manifest["encoder"]) and not self.trust_remote_code:
+                raise IndexFolderError(
+                    f"{self.path or 'this index'}: its encoder config sets trust_remote_code, which would run Python "
+                    "code from the model's folder; allow it for this run with --trust-remote-code "
+                    "(load_index(..., trust_remote_code=True)) only if you trust where the index and model came from")
             encoder = load_encoder(self.manifest["encoder"])
             check_encoder(encoder, self.manifest, self.path)
             self._encoder = encoder
@@ -105,6 +111,10 @@ class LabelIndex(EncodedPredictor):
         queries.check_matches(self.representation, "query representation")
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise XMRError(f"k must be a positive integer, got {k!r}")
+        if isinstance(queries, DenseVectors) and not np.isfinite(queries.values).all():
+            row = int(np.flatnonzero(~np.isfinite(queries.values).all(axis=1))[0])
+            raise XMRError(f"query vector {row} has NaN or infinite values")
+        k = min(int(k), max(len(self.catalogue), 1))  # never more columns than labels (k=10**9 must not allocate)
         depths = [int(knobs.pop(stage.knob, stage.depth) or 0) for stage in self.rerankers]
         if knobs.pop("rerank", 0):  # asked for, but no stage re-ranks
             raise XMRError(f"{self.path or 'this index'} stores no vectors to re-rank with; build it with a recipe "
@@ -259,8 +269,16 @@ class LabelIndex(EncodedPredictor):
                         **stage.info()} for stage in [self.candidates, *self.rerankers]],
             "search_parameters": self.knobs(),
             "memory_mapped": self.read_only,
+        "encoder_asks_for_remote_code": asks_for_remote_code(self.manifest["encoder"]),
             "manifest": self.manifest,
         }
+
+
+def asks_for_remote_code(config: Any) -> bool:
+    """Whether an encoder config (or one nested in it, e.g. a fused encoder's text encoder) sets trust_remote_code."""
+    if isinstance(config, Mapping):
+        return config.get("trust_remote_code") is True or any(asks_for_remote_code(value) for value in config.values())
+    return False
 
 
 def check_encoder(encoder: Encoder, manifest: Mapping[str, Any], where: Path | str | None) -> None:
@@ -401,14 +419,15 @@ def build_index_from_embeddings(
 
 
 def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | None = None,
-               verify: bool = True, mmap: bool = False) -> LabelIndex:
+               verify: bool = True, mmap: bool = False, trust_remote_code: bool = False) -> LabelIndex:
     """Open an index folder (format 1 or 2). Checksums are verified (``verify=False`` checks sizes only, for very
     large folders).
 
     Passing ``encoder`` checks it against the one recorded in the manifest and refuses a mismatch. ``mmap=True``
     maps the FAISS data instead of reading it (FAISS ``IO_FLAG_MMAP``): a large index opens in about the time it
     takes to read its labels, and processes share its pages; it is then read-only. Stored re-rank vectors are
-    always memory-mapped.
+    always memory-mapped. An encoder config in the folder that sets ``trust_remote_code`` is refused unless the
+    caller passes ``trust_remote_code=True``: what a folder says never decides whether code runs.
     """
     path = Path(path)
     manifest = read_manifest(path)
@@ -437,7 +456,8 @@ def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | No
                                    f"{table.num_rows} labels")
     internal_ids = table.column(INTERNAL_ID).to_numpy()
     catalogue = LabelCatalogue.from_arrow(table.drop_columns([INTERNAL_ID]), source=str(path / LABELS_FILE))
-    index = LabelIndex(catalogue, internal_ids, candidates, rerankers, manifest, path=path, read_only=mmap)
+    index = LabelIndex(catalogue, internal_ids, candidates, rerankers, manifest, path=path, read_only=mmap,
+                       trust_remote_code=trust_remote_code)
     if encoder is not None:
         encoder = load_encoder(encoder)
         check_encoder(encoder, manifest, path)

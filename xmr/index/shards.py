@@ -27,7 +27,7 @@ from xmr._version import __version__
 from xmr.catalogue import LabelCatalogue
 from xmr.encoders import Encoder
 from xmr.errors import IndexFolderError, XMRError
-from xmr.index.folder import read_manifest, write_manifest
+from xmr.index.folder import read_manifest, refuse_foreign, write_manifest
 from xmr.index.label_index import LabelIndex, load_index
 from xmr.io.atomic import write_folder_atomically
 from xmr.predictor import EncodedPredictor
@@ -114,15 +114,15 @@ class ShardedIndex(EncodedPredictor):
             for number, (shard, offset) in enumerate(zip(self.shards, self.id_offsets, strict=True)):
                 name = SHARD_FOLDER.format(number)
                 shard.save(folder / name)
-                entries.append({"path": name, "id_offset": int(offset), "labels": len(shard)})
+                entries.append({"path": name, "id_offset": int(offset), "labels": len(shard),
+                                "manifest_sha256": shard.manifest["manifest_sha256"]})
             write_manifest(folder, {
                 "kind": self.kind, "xmr_version": __version__,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "encoder": self.shards[0].manifest["encoder"], "representation": self.representation,
                 "shards": entries})
 
-        if path.exists() and not (path / "manifest.json").is_file() and any(path.iterdir()):
-            raise IndexFolderError(f"{path}: exists and is not an xmr folder; refusing to replace it")
+        refuse_foreign(path)
         write_folder_atomically(path, write)
         for shard, entry in zip(self.shards, range(len(self.shards)), strict=True):
             shard.path = path / SHARD_FOLDER.format(entry)
@@ -147,5 +147,8 @@ def load_sharded_index(path: str | Path, **load_options: Any) -> ShardedIndex:
         folder = (path / entry["path"]).resolve()
         if path.resolve() not in folder.parents:
             raise IndexFolderError(f"{path}: shard path {entry['path']!r} leaves the folder")
-        shards.append(load_index(folder, **load_options))
+        shard = load_index(folder, **load_options)
+        if shard.manifest.get("manifest_sha256") != entry.get("manifest_sha256"):
+            raise IndexFolderError(f"{path}: shard {entry['path']} is not the one this folder was saved with")
+        shards.append(shard)
     return ShardedIndex(shards, [entry["id_offset"] for entry in entries], path=path)

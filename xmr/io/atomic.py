@@ -51,6 +51,13 @@ def swap_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_folder_atomically(out: str | Path, write: Callable[[Path], T], fsync: bool = False) -> T:
     """Run ``write(tmp)`` into a temporary sibling of ``out``, then swap it into place; returns what ``write`` returned.
 
@@ -60,6 +67,7 @@ def write_folder_atomically(out: str | Path, write: Callable[[Path], T], fsync: 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the folder gets the mode mkdir would give
         result = write(tmp)
         if fsync:
             fsync_folder(tmp)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xmr.errors import CatalogueError
@@ -21,41 +23,66 @@ KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv",
 
 
 def open_text(path: Path) -> IO[str]:
-    """Open a text file for reading, transparently un-gzipping ``*.gz``."""
+    """Open a UTF-8 text file for reading (a leading byte-order mark is dropped), un-gzipping ``*.gz``."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _unreadable(path: Path, line: int, error: Exception) -> CatalogueError:
+    """The one-line error for bytes that are not UTF-8 text or a broken gzip stream, naming where reading stopped."""
+    if isinstance(error, UnicodeDecodeError):
+        return CatalogueError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start} of a block)")
+    return CatalogueError(f"{path}:{line}: cannot read the file: {error}")
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     """Yield (``file:line``, object) for each non-blank line of a JSONL file."""
-    with open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CatalogueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise CatalogueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield where, record
+    line_number = 0
+    try:
+        with open_text(path) as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{line_number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise CatalogueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
+                if not isinstance(record, dict):
+                    raise CatalogueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                yield where, record
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise _unreadable(path, line_number + 1, error) from None
 
 
 def iter_csv(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (``file:line``, row) for each CSV row (the header names the fields)."""
-    with open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            return
-        for row in reader:
-            yield f"{path}:{reader.line_num}", row
+    """Yield (``file:line``, row) for each CSV row (the header names the fields). Read strictly: an unterminated
+    quote is an error naming the line it starts on, not the rest of the file swallowed into one field."""
+    line = 0
+    try:
+        with open_text(path) as handle:
+            reader = csv.DictReader(handle, strict=True)
+            if reader.fieldnames is None:
+                return
+            line = reader.line_num
+            for row in reader:
+                if None in row:
+                    raise CatalogueError(f"{path}:{reader.line_num}: more fields than the header has")
+                yield f"{path}:{reader.line_num}", row
+                line = reader.line_num
+    except csv.Error as error:
+        raise CatalogueError(f"{path}:{line + 1}: malformed CSV ({error})") from None
+    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise _unreadable(path, line + 1, error) from None
 
 
 def iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
     """Yield (``file: row N``, row) for each Parquet row."""
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise CatalogueError(f"{path}: not a readable Parquet file ({error})") from None
     for row_number, row in enumerate(table.to_pylist()):
         yield f"{path}: row {row_number}", row
 
@@ -80,8 +107,14 @@ def file_columns(path: Path) -> list[str] | None:
     """Column names known before reading rows (CSV header, Parquet schema); None for JSONL."""
     kind = file_kind(path)
     if kind == "parquet":
-        return pq.read_schema(path).names
+        try:
+            return pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as error:
+            raise CatalogueError(f"{path}: not a readable Parquet file ({error})") from None
     if kind == "csv":
-        with open_text(path) as handle:
-            return next(csv.reader(handle), [])
+        try:
+            with open_text(path) as handle:
+                return next(csv.reader(handle), [])
+        except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise _unreadable(path, 1, error) from None
     return None

@@ -48,6 +48,13 @@ def decoupled_log_probs(logits: torch.Tensor, positives: torch.Tensor) -> torch.
     return logits - torch.logaddexp(logits, negatives)
 
 
+def positive_temperature(temperature: float, loss: str) -> float:
+    """A softmax temperature, refused unless positive (a negative one ranks the negatives first)."""
+    if not temperature > 0:
+        raise RecipeError(f"loss.options: {loss}: temperature must be positive, got {temperature}")
+    return temperature
+
+
 class MultiPositiveInfoNCE(torch.nn.Module):
     """Many-to-many InfoNCE of UWE (TechWolf, "Unified Work Embeddings", 2025, Sec. 3: symmetric InfoNCE per bipartite
     graph, temperature 0.05): every positive (query, label) pair is contrasted with the query's non-positive labels
@@ -58,7 +65,7 @@ class MultiPositiveInfoNCE(torch.nn.Module):
 
     def __init__(self, temperature: float = 0.05, symmetric: bool = True) -> None:
         super().__init__()
-        self.temperature = temperature
+        self.temperature = positive_temperature(temperature, type(self).__name__)
         self.symmetric = symmetric
 
     def forward(self, output: ModelOutput) -> torch.Tensor:
@@ -79,7 +86,7 @@ class DecoupledSoftmaxLoss(torch.nn.Module):
 
     def __init__(self, temperature: float = 0.05) -> None:
         super().__init__()
-        self.temperature = temperature
+        self.temperature = positive_temperature(temperature, type(self).__name__)
 
     def forward(self, output: ModelOutput) -> torch.Tensor:
         positives = output.positives
@@ -102,8 +109,11 @@ class OHNMTripletLoss(torch.nn.Module):
     def __init__(self, k: int = 10, margin_min: float = 0.1, margin_max: float = 0.3, aggressive: bool = True,
                  tau: float = 0.1) -> None:
         super().__init__()
-        if margin_min > margin_max:
-            raise RecipeError(f"loss.options: ohnm-triplet: margin_min {margin_min} > margin_max {margin_max}")
+        if not 0 <= margin_min <= margin_max:
+            raise RecipeError(f"loss.options: ohnm-triplet: margins need 0 <= margin_min <= margin_max, got "
+                              f"{margin_min} and {margin_max}")
+        if k < 1 or tau <= 0:
+            raise RecipeError(f"loss.options: ohnm-triplet: k must be at least 1 and tau positive, got {k} and {tau}")
         self.k, self.margin_min, self.margin_max = k, margin_min, margin_max
         self.aggressive, self.tau = aggressive, tau
 
@@ -136,7 +146,7 @@ class OneVsAllBCELoss(torch.nn.Module):
 
     def __init__(self, temperature: float = 0.05) -> None:
         super().__init__()
-        self.temperature = temperature
+        self.temperature = positive_temperature(temperature, type(self).__name__)
 
     def forward(self, output: ModelOutput) -> torch.Tensor:
         return functional.binary_cross_entropy_with_logits(output.scores.float() / self.temperature,

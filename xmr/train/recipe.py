@@ -276,3 +276,10 @@ def _check_run(recipe: Recipe | None, problems: list[str]) -> None:
         problems.append("checkpoint.keep: must be at least 1 (resume needs a checkpoint)")
     if recipe.evaluation.every is not None and recipe.evaluation.every < 1:
         problems.append("evaluation.every: must be at least 1 (or null: validate at the end only)")
+    family, _, k = recipe.evaluation.metric.partition("@")
+    ranked = family in ("P", "nDCG", "R", "RP", "PSP", "PSnDCG") and k.isdigit() and int(k) in recipe.evaluation.ks
+    summary = family in ("MAP", "MRR", "coverage") and k.isdigit() and int(k) == max(recipe.evaluation.ks, default=0)
+    if not (ranked or summary):
+        problems.append(f"evaluation.metric: {recipe.evaluation.metric!r} is not computed; use P, nDCG, R, RP, PSP or "
+                        f"PSnDCG at one of evaluation.ks {recipe.evaluation.ks} (PSP needs training data), or MAP, "
+                        "MRR or coverage at the largest k")

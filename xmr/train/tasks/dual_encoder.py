@@ -119,6 +119,18 @@ def truncation(encoder: Encoder, length: int | None) -> Iterator[None]:
         setattr(holder, attribute, saved)
 
 
+def optimizer_problems(optimizer: Any) -> list[str]:
+    """Range problems of the ``optimizer`` section: a negative rate or clip norm would train backwards (a rate of 0
+    freezes that group, e.g. the encoder while an image projection trains)."""
+    problems = [f"optimizer.{name}: must be at least 0" for name in ("lr", "projection_lr")
+                if getattr(optimizer, name) < 0]
+    if optimizer.weight_decay < 0:
+        problems.append("optimizer.weight_decay: must be at least 0")
+    if optimizer.clip_norm is not None and optimizer.clip_norm <= 0:
+        problems.append("optimizer.clip_norm: must be positive (or null: no clipping)")
+    return problems
+
+
 class DualEncoderTask(Task):
     """Contrastive dual-encoder fine-tuning (see the module docstring)."""
 
@@ -150,7 +162,7 @@ class DualEncoderTask(Task):
             problems.append("schedule.epochs: must be positive (or set schedule.max_steps)")
         if not 0 <= sections.optimizer.warmup <= 1:
             problems.append("optimizer.warmup: a fraction of the steps, from 0 to 1")
-        return problems
+        return problems + optimizer_problems(sections.optimizer)
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)

@@ -103,6 +103,10 @@ class LabelVectorsTask(Task):
                      if getattr(spec, name) is not None and getattr(spec, name) < least]
         if spec.temperature <= 0:
             problems.append("label_vectors.temperature: must be positive")
+        if spec.lr < 0:
+            problems.append("label_vectors.lr: must be at least 0")
+        if spec.weight_decay < 0:
+            problems.append("label_vectors.weight_decay: must be at least 0")
         return problems
 
     def __init__(self, context: TaskContext) -> None:

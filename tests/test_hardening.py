@@ -1,0 +1,135 @@
+"""Hostile and careless input (issue 13, first part): no code runs because a folder says so, a foreign folder is never
+replaced, an edited manifest is refused, bad files and queries give one line and exit 2."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xmr
+from xmr.cli import main
+from xmr.errors import CatalogueError, IndexFolderError, XMRError
+from xmr.index.folder import manifest_digest
+from xmr.train import load_recipe
+
+REUTERS_RECIPE = Path(__file__).parents[1] / "training" / "reuters-labelvectors.yaml"
+
+
+def one_error_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("xmr: error: "), lines
+    return lines[0]
+
+
+def test_an_edited_manifest_is_refused(labels_file, tiny_encoder, tmp_path):
+    out = tmp_path / "index"
+    xmr.build_index(xmr.LabelCatalogue.from_file(labels_file), tiny_encoder, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["labels"]["next_internal_id"] = 3  # would make add() reuse internal ids
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match="manifest was modified after it was written"):
+        xmr.load_index(out)
+    del manifest["files"]
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFolderError, match="lists no files with checksums"):
+        xmr.load_index(out)
+
+
+def test_a_folder_with_someone_elses_manifest_is_never_replaced(labels_file, tiny_model, tmp_path, capsys):
+    app = tmp_path / "webapp"
+    app.mkdir()
+    (app / "manifest.json").write_text('{"name": "my web app", "icons": []}')
+    (app / "index.html").write_text("<h1>sources</h1>")
+    code = main(["build", "--labels", str(labels_file), "--encoder", tiny_model, "--out", str(app)])
+    assert code == 2 and "is not an xmr index folder" in one_error_line(capsys)
+    assert sorted(path.name for path in app.iterdir()) == ["index.html", "manifest.json"]
+    assert (app / "index.html").read_text() == "<h1>sources</h1>"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.jsonl", "webapp"]  # no temporaries left
+
+
+def test_built_folders_follow_the_umask(labels_file, tiny_encoder, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        xmr.build_index(xmr.LabelCatalogue.from_file(labels_file), tiny_encoder, tmp_path / "shared")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755  # others can read a shared index
+
+
+def test_remote_code_runs_only_when_the_caller_allows_it(labels_file, tiny_model, tmp_path, capsys):
+    out = tmp_path / "index"
+    encoder = xmr.load_encoder(tiny_model)
+    xmr.build_index(xmr.LabelCatalogue.from_file(labels_file), encoder, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["encoder"]["trust_remote_code"] = True  # what a hostile folder would say (re-sealed, so it loads)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["query", str(out), "python"]) == 2
+    assert "--trust-remote-code" in one_error_line(capsys)
+    assert main(["info", str(out)]) == 0
+    assert "sets trust_remote_code" in capsys.readouterr().out
+    with pytest.raises(IndexFolderError, match="trust_remote_code"):
+        xmr.load_index(out).search(["python"])
+    assert xmr.load_index(out, trust_remote_code=True).encoder.trust_remote_code is True  # the caller opted in
+
+
+def test_bad_queries_are_refused_naming_the_query(labels_file, tiny_encoder, tmp_path, capsys):
+    index = xmr.build_index(xmr.LabelCatalogue.from_file(labels_file), tiny_encoder, tmp_path / "index")
+    for queries, message in ((["python", "   "], "query 1 has no text"), (None, "queries must be"),
+                             ([{"text": ""}], "query 0 has no text"), ([7], "query 0 is a int")):
+        with pytest.raises(XMRError, match=message):
+            index.search(queries)
+    vectors = tiny_encoder.encode_queries(["python", "cook"])
+    vectors[1, 3] = np.nan
+    with pytest.raises(XMRError, match="query vector 1 has NaN"):
+        index.search_embeddings(vectors)
+    assert main(["query", str(tmp_path / "index"), " "]) == 2
+    assert "query 0 has no text" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("unterminated.csv", b'id,text\n1,"hello\n2,world\n3,ok\n', r"unterminated.csv:2: malformed CSV"),
+    ("latin1.jsonl", '{"id": 1, "text": "caf\u00e9"}\n'.encode("latin-1"), r"latin1.jsonl:1: not UTF-8 text"),
+    ("broken.parquet", b"garbage", r"broken.parquet: not a readable Parquet file"),
+    ("broken.jsonl.gz", b"xx", r"broken.jsonl.gz:1: cannot read the file"),
+    ("extra.csv", b"id,text\n1,hello,surprise\n", r"extra.csv:2: more fields than the header"),
+])
+def test_unreadable_catalogues_name_the_file_and_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CatalogueError, match=message):
+        xmr.LabelCatalogue.from_file(path)
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_header(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffid,text\n1,hello\n2,world\n".encode())
+    assert xmr.LabelCatalogue.from_file(path).texts == ["hello", "world"]
+
+
+def test_training_numbers_out_of_range_are_all_refused_at_load():
+    overrides = {"optimizer.lr": -1e-4, "optimizer.clip_norm": -1.0, "loss.options": {"temperature": -0.05},
+                 "evaluation.metric": "P@99", "label_vectors.lr": -1.0}
+    with pytest.raises(XMRError) as refused:
+        load_recipe(REUTERS_RECIPE, overrides)
+    for field in ("optimizer.lr", "optimizer.clip_norm", "temperature must be positive", "evaluation.metric",
+                  "label_vectors.lr"):
+        assert field in str(refused.value)
+
+
+def test_a_sharded_folder_refuses_a_swapped_shard(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(40, 8)).astype(np.float32)
+    catalogue = xmr.LabelCatalogue.from_records([{"id": row, "text": f"label {row}"} for row in range(40)])
+    halves = [xmr.build_index_from_embeddings(catalogue.take(list(rows)), vectors[rows], None)
+              for rows in (range(0, 20), range(20, 40))]
+    xmr.ShardedIndex(halves).save(tmp_path / "sharded")
+    xmr.build_index_from_embeddings(catalogue.take(list(range(20, 40))), vectors[20:] * 2, tmp_path / "other")
+    (tmp_path / "sharded" / "shard-001").rename(tmp_path / "kept")
+    (tmp_path / "other").rename(tmp_path / "sharded" / "shard-001")
+    with pytest.raises(IndexFolderError, match="shard shard-001 is not the one this folder was saved with"):
+        xmr.load_predictor(tmp_path / "sharded")
