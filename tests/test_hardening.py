@@ -51,6 +51,19 @@ def test_a_folder_with_someone_elses_manifest_is_never_replaced(labels_file, tin
     assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.jsonl", "webapp"]  # no temporaries left
 
 
+def test_an_out_that_cannot_be_replaced_is_refused_before_encoding(labels_file, tiny_model, tmp_path, capsys,
+                                                                   monkeypatch):
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    encoded = []
+    monkeypatch.setattr(xmr.encoders.SentenceTransformerEncoder, "encode_labels",
+                        lambda self, items: encoded.append(len(items)))
+    for out, message in ((".", "is not an xmr index folder"), ("notes.txt", "is not a folder")):
+        assert main(["build", "--labels", str(labels_file), "--encoder", tiny_model, "--out", out]) == 2
+        assert message in one_error_line(capsys)
+    assert encoded == [] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_built_folders_follow_the_umask(labels_file, tiny_encoder, tmp_path):
     previous = os.umask(0o022)
     try:
@@ -75,6 +88,16 @@ def test_remote_code_runs_only_when_the_caller_allows_it(labels_file, tiny_model
     with pytest.raises(IndexFolderError, match="trust_remote_code"):
         xmr.load_index(out).search(["python"])
     assert xmr.load_index(out, trust_remote_code=True).encoder.trust_remote_code is True  # the caller opted in
+
+
+def test_query_texts_may_follow_the_options(labels_file, tiny_encoder, tmp_path, capsys):
+    xmr.build_index(xmr.LabelCatalogue.from_file(labels_file), tiny_encoder, tmp_path / "index")
+    assert main(["query", str(tmp_path / "index"), "python sql", "-k", "2", "--json", "cook food"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [entry["query"] for entry in printed] == ["python sql", "cook food"]
+    assert all(len(entry["hits"]) == 2 for entry in printed)
+    with pytest.raises(SystemExit):
+        main(["query", str(tmp_path / "index"), "-k", "2", "--bogus", "text"])
 
 
 def test_bad_queries_are_refused_naming_the_query(labels_file, tiny_encoder, tmp_path, capsys):
@@ -102,6 +125,13 @@ def test_unreadable_catalogues_name_the_file_and_line(tmp_path, name, content, m
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(CatalogueError, match=message):
+        xmr.LabelCatalogue.from_file(path)
+
+
+def test_an_id_beyond_int64_is_refused_where_it_is_read(tmp_path):
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"id": 1, "text": "a"}\n{"id": 99999999999999999999, "text": "b"}\n')
+    with pytest.raises(CatalogueError, match=r"labels.jsonl:2: field 'id' is 99999999999999999999, outside the int64"):
         xmr.LabelCatalogue.from_file(path)
 
 

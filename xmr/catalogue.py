@@ -26,6 +26,8 @@ def _check_id(value: Any, where: str, field: str, from_text: bool) -> LabelId:
     if isinstance(value, bool) or value is None:
         raise CatalogueError(f"{where}: field {field!r} is missing or not an int/str id")
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise CatalogueError(f"{where}: field {field!r} is {value}, outside the int64 range ids are stored in")
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)

@@ -308,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `xmr query INDEX -k 3 TEXT`: query texts may come after the options too
+        if args.command != "query" or any(value.startswith("-") for value in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.queries += extra
     try:
         args.run(args)
     except XMRError as error:

@@ -28,7 +28,7 @@ from xmr.catalogue import LabelCatalogue, LabelId
 from xmr.encoders import Encoder, load_encoder
 from xmr.errors import CatalogueError, IndexFolderError, UnsupportedOperation, XMRError
 from xmr.index import faiss_ops
-from xmr.index.folder import read_manifest, verify_files, write_index_folder
+from xmr.index.folder import read_manifest, refuse_foreign, verify_files, write_index_folder
 from xmr.index.recipes import IndexRecipe, auto_recipe, load_recipe, parse_memory
 from xmr.index.stages import STAGES, CandidateStage, RerankStage, candidate_stage_for, stage_class
 from xmr.predictor import EncodedPredictor
@@ -316,6 +316,8 @@ def build_index(
     ``target_recall``; see ``recipes.py``). ``search_params`` (e.g. ``{"efSearch": 128}``) override the recipe's
     defaults. IVF/PQ/SQ indexes are trained on a random sample of at most ``train_size`` label vectors.
     """
+    if out is not None:
+        refuse_foreign(Path(out))  # before the expensive encoding, not after it
     if not isinstance(catalogue, LabelCatalogue):
         catalogue = LabelCatalogue.from_file(catalogue)
     encoder = load_encoder(encoder)
