@@ -3,6 +3,7 @@ replaced, an edited manifest is refused, bad files and queries give one line and
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -32,11 +33,28 @@ def test_an_edited_manifest_is_refused(labels_file, tiny_encoder, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFolderError, match="manifest was modified after it was written"):
         xmr.load_index(out)
-    del manifest["files"]
+    manifest["files"] = {}
     manifest["manifest_sha256"] = manifest_digest(manifest)
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFolderError, match="lists no files with checksums"):
         xmr.load_index(out)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda manifest: [manifest], "format is 'list'"),
+    (lambda manifest: {key: value for key, value in manifest.items() if key != "stages"}, "field 'stages' is missing"),
+    (lambda manifest: {**manifest, "labels": "many"}, "field 'labels' is a str"),
+    (lambda manifest: {**manifest, "files": {"index.faiss": {"bytes": 1}}}, r"files\['index.faiss'\] needs 'sha256'"),
+])
+def test_a_hand_made_manifest_is_refused_by_field(labels_file, tiny_encoder, tmp_path, capsys, edit, message):
+    out = tmp_path / "index"
+    xmr.build_index(xmr.LabelCatalogue.from_file(labels_file), tiny_encoder, out)
+    manifest = edit(json.loads((out / "manifest.json").read_text()))
+    if isinstance(manifest, dict):
+        manifest["manifest_sha256"] = manifest_digest(manifest)  # consistent, so the field check is what refuses
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["info", str(out)]) == 2
+    assert re.search(message, one_error_line(capsys))
 
 
 def test_a_folder_with_someone_elses_manifest_is_never_replaced(labels_file, tiny_model, tmp_path, capsys):

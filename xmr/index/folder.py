@@ -99,6 +99,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"{path}: format version {manifest.get('format_version')} is not supported "
             f"(this xmr reads versions {', '.join(map(str, READABLE_VERSIONS))}); rebuild the index"
         )
+    check_fields(manifest, path)
     holds_files = manifest.get("kind", "label-index") == "label-index"  # sharded folders hold folders, not files
     if holds_files and (not isinstance(manifest.get("files"), dict) or not manifest["files"]):
         raise IndexFolderError(f"{path}: the manifest lists no files with checksums; refusing an unverifiable folder")
@@ -108,6 +109,29 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise IndexFolderError(f"{path}: the manifest was modified after it was written (its manifest_sha256 does "
                                "not match); rebuild the index or restore the original manifest")
     return manifest
+
+
+# the fields each layout needs, with their JSON types, so a hand-made or truncated manifest is refused by name
+REQUIRED = {
+    (1, "label-index"): {"encoder": dict, "dim": int, "metric": str, "faiss": dict, "labels": dict,
+                         "next_internal_id": int, "files": dict},
+    (2, "label-index"): {"encoder": dict, "representation": dict, "labels": dict, "stages": list, "files": dict},
+    (2, "sharded-index"): {"encoder": dict, "representation": dict, "shards": list},
+}
+
+
+def check_fields(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest that lacks a field its layout needs, or whose files entries lack sha256/bytes."""
+    layout = (manifest["format_version"], manifest.get("kind", "label-index"))
+    for name, kind in REQUIRED.get(layout, {}).items():
+        if not isinstance(manifest.get(name), kind):
+            found = "missing" if name not in manifest else f"a {type(manifest[name]).__name__}"
+            raise IndexFolderError(f"{path}: field {name!r} is {found}; a version-{layout[0]} {layout[1]} manifest "
+                                   f"needs it as a JSON {'object' if kind is dict else kind.__name__}")
+    for name, entry in (manifest.get("files") or {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(
+                entry.get("bytes"), int):
+            raise IndexFolderError(f"{path}: files[{name!r}] needs 'sha256' and 'bytes'")
 
 
 def upgrade_v1(manifest: dict[str, Any]) -> dict[str, Any]:
