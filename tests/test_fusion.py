@@ -277,12 +277,17 @@ def test_cli_queries_with_images(fused, images, tmp_path, capsys):
     encoder_file = tmp_path / "encoder.json"
     encoder_file.write_text(json.dumps(fused.config()))
     out = str(tmp_path / "ix")
-    assert main(["build", "--labels", str(catalogue), "--encoder", str(encoder_file), "--out", out]) == 0
+    image_root = str(Path(images[0]).parent)  # the images live outside the catalogue's folder: allow them
+    assert main(["build", "--labels", str(catalogue), "--encoder", str(encoder_file), "--out", out]) == 2
+    assert "resolves outside" in capsys.readouterr().err
+    assert main(["build", "--labels", str(catalogue), "--encoder", str(encoder_file), "--out", out,
+                 "--image-root", image_root]) == 0
     queries = tmp_path / "queries.jsonl"
     queries.write_text(json.dumps({"text": "python", "image": images[1]}) + "\n"
                        + json.dumps({"image": images[0]}) + "\n")
     capsys.readouterr()
-    assert main(["query", str(tmp_path / "ix"), "--file", str(queries), "--json", "-k", "1"]) == 0
+    assert main(["query", str(tmp_path / "ix"), "--file", str(queries), "--json", "-k", "1",
+                 "--image-root", image_root]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 2 and rows[1]["query"] == {"text": "", "images": [images[0]]}
     assert main(["query", str(tmp_path / "ix"), "python", "--image", images[0], "-k", "2"]) == 0

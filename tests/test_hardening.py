@@ -181,3 +181,29 @@ def test_a_sharded_folder_refuses_a_swapped_shard(tmp_path):
     (tmp_path / "other").rename(tmp_path / "sharded" / "shard-001")
     with pytest.raises(IndexFolderError, match="shard shard-001 is not the one this folder was saved with"):
         xmr.load_predictor(tmp_path / "sharded")
+
+
+def test_image_paths_stay_inside_the_catalogues_folder_unless_allowed(tmp_path, monkeypatch):
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    (data / "pics").mkdir(parents=True)
+    elsewhere.mkdir()
+    (data / "pics" / "ok.jpg").write_bytes(b"jpeg")
+    (elsewhere / "secret.jpg").write_bytes(b"private")
+    (data / "pics" / "link.jpg").symlink_to(elsewhere / "secret.jpg")
+    catalogue = data / "labels.jsonl"
+
+    def read(image, **options):
+        catalogue.write_text(json.dumps({"id": 1, "text": "a", "image": "pics/ok.jpg"}) + "\n"
+                             + json.dumps({"id": 2, "text": "b", "image": image}) + "\n")
+        return xmr.LabelCatalogue.from_file(catalogue, **options)
+
+    assert read("pics/ok.jpg").images[1] == [str((data / "pics" / "ok.jpg").resolve())]
+    for image in ("../elsewhere/secret.jpg", str(elsewhere / "secret.jpg"), "pics/link.jpg", "../../etc/passwd"):
+        with pytest.raises(CatalogueError, match=r"labels.jsonl:2: image .* resolves outside"):
+            read(image)
+    assert read(str(elsewhere / "secret.jpg"), image_roots=[elsewhere]).images[1][0].endswith("secret.jpg")
+    with pytest.raises(CatalogueError, match=r"labels.jsonl:2: image '/dev/zero' is not a regular file"):
+        read("/dev/zero", image_roots=["/dev"])
+    monkeypatch.setattr(xmr.catalogue, "MAX_IMAGE_BYTES", 3)
+    with pytest.raises(CatalogueError, match=r"labels.jsonl:1: image 'pics/ok.jpg' is 4 bytes, more than the 3"):
+        read("pics/ok.jpg")

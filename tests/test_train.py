@@ -415,7 +415,8 @@ def test_fused_encoder_trains_its_image_projection(tmp_path, tiny_model, tiny_cl
     encoder = {"type": "fused", "text": {"type": "sentence-transformers", "model": tiny_model},
                "image": {"model": tiny_clip}}
     recipe = {"name": "fused", "output": str(tmp_path / "runs"), "encoder": encoder,
-              "data": {"train": str(tmp_path / "train.jsonl"), "labels": str(tmp_path / "labels.jsonl")},
+              "data": {"train": str(tmp_path / "train.jsonl"), "labels": str(tmp_path / "labels.jsonl"),
+                       "image_roots": [str(Path(images[0]).parent)]},
               "batching": {"batch_size": 8}, "schedule": {"max_steps": 4}, "checkpoint": {"every": 2},
               "optimizer": {"lr": 0.0, "projection_lr": 1e-2, "warmup": 0.0}}
     (tmp_path / "fused.yaml").write_text(yaml.safe_dump(recipe))

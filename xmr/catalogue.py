@@ -39,8 +39,18 @@ def _check_id(value: Any, where: str, field: str, from_text: bool) -> LabelId:
     raise CatalogueError(f"{where}: field {field!r} must be an int or a string, got {type(value).__name__}")
 
 
-def image_paths(record: dict, image_field: str, where: str, image_root: Path | None) -> list[str]:
-    """``image`` (a path) and/or ``images`` (a list of paths), resolved against the catalogue file's folder."""
+MAX_IMAGE_BYTES = 64 * 2**20  # an image file larger than this is refused (a video, a disk image, /dev/zero)
+
+
+def image_paths(record: dict, image_field: str, where: str, image_root: Path | None,
+                allowed_roots: Sequence[str | Path] = ()) -> list[str]:
+    """``image`` (a path) and/or ``images`` (a list of paths) of one record, resolved against the file's folder.
+
+    For records read from a file (``image_root`` given) a path must stay inside that folder or one of
+    ``allowed_roots`` after symlinks are resolved (``../../etc/passwd`` and absolute paths elsewhere are refused), and
+    an existing one must be a regular file of at most ``MAX_IMAGE_BYTES``; the error names the record's line. Missing
+    files are left to the encoder (an error, or skipped with ``skip_missing_images``).
+    """
     values = []
     single = record.get(image_field)
     if single not in (None, ""):
@@ -54,10 +64,25 @@ def image_paths(record: dict, image_field: str, where: str, image_root: Path | N
     for value in values:
         if not isinstance(value, str) or not value:
             raise CatalogueError(f"{where}: image paths must be non-empty strings, got {value!r}")
-        if image_root is not None and not Path(value).is_absolute():
-            value = str((image_root / value).resolve())
+        if image_root is not None:
+            value = str(_confined_image(value, image_root, allowed_roots, where))
         paths.append(value)
     return paths
+
+
+def _confined_image(value: str, image_root: Path, allowed_roots: Sequence[str | Path], where: str) -> Path:
+    path = (image_root / value).resolve()
+    roots = [image_root.resolve(), *(Path(root).resolve() for root in allowed_roots)]
+    if not any(path == root or root in path.parents for root in roots):
+        raise CatalogueError(f"{where}: image {value!r} resolves outside {image_root.resolve()}; image paths stay "
+                             "inside the file's folder unless that folder is allowed (image_roots / --image-root)")
+    if path.exists():
+        if not path.is_file():
+            raise CatalogueError(f"{where}: image {value!r} is not a regular file")
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise CatalogueError(f"{where}: image {value!r} is {path.stat().st_size} bytes, more than the "
+                                 f"{MAX_IMAGE_BYTES} an image may have")
+    return path
 
 
 def _rows_to_table(rows: list[dict], source: str) -> pa.Table:
@@ -106,13 +131,15 @@ class LabelCatalogue:
         text_field: str = "text",
         image_field: str = "image",
         metadata_fields: Sequence[str] | None = None,
+        image_roots: Sequence[str | Path] = (),
     ) -> LabelCatalogue:
         """Read a catalogue from JSONL, CSV or Parquet.
 
         ``id_field="@row"`` numbers labels by row (0, 1, ...), as XMC repository files (``lbl.json.gz``) need.
 
         ``metadata_fields`` keeps only those extra fields (each must exist); ``None`` keeps every extra field.
-        Relative image paths are resolved against the file's folder.
+        Relative image paths are resolved against the file's folder and must stay inside it (or inside one of
+        ``image_roots``).
         """
         path = Path(path)
         if not path.is_file():
@@ -133,6 +160,7 @@ class LabelCatalogue:
             source=str(path),
             image_root=path.parent,
             ids_from_text=kind == "csv",
+            image_roots=image_roots,
         )
 
     @classmethod
@@ -146,6 +174,7 @@ class LabelCatalogue:
         source: str = "<records>",
         image_root: Path | None = None,
         ids_from_text: bool = False,
+        image_roots: Sequence[str | Path] = (),
     ) -> LabelCatalogue:
         """Build a catalogue from dicts (or ``(location, dict)`` pairs), validating every row."""
         ids: list[LabelId] = []
@@ -167,7 +196,7 @@ class LabelCatalogue:
             if not isinstance(text, str) or not text.strip():
                 state = "missing" if text is None else "empty" if isinstance(text, str) else "not a string"
                 raise CatalogueError(f"{where}: field {text_field!r} is {state}")
-            image_list = image_paths(record, image_field, where, image_root)
+            image_list = image_paths(record, image_field, where, image_root, image_roots)
             if metadata_fields is None:
                 extra = {key: value for key, value in record.items() if key not in reserved}
             else:

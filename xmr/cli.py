@@ -83,7 +83,8 @@ def cmd_build(args: argparse.Namespace) -> None:
     from xmr.index import build_index
 
     catalogue = LabelCatalogue.from_file(
-        args.labels, id_field=args.id_field, text_field=args.text_field, image_field=args.image_field
+        args.labels, id_field=args.id_field, text_field=args.text_field, image_field=args.image_field,
+        image_roots=args.image_root or (),
     )
     if args.recipe and args.factory:
         raise XMRError("give --recipe or --factory, not both")
@@ -117,7 +118,7 @@ def _read_queries(args: argparse.Namespace) -> list[str | dict]:
             raise XMRError(f"{path}: no such query file")
         if path.suffix == ".jsonl":
             for where, record in iter_jsonl(path):
-                images = image_paths(record, "image", where, path.parent)
+                images = image_paths(record, "image", where, path.parent, args.image_root or ())
                 if not record.get("text") and not images:
                     raise XMRError(f"{where}: a query needs 'text', 'image' or 'images'")
                 queries.append({"text": record.get("text", ""), "images": images} if images else record["text"])
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--id-field", default="id", help="id column; @row numbers labels by row (XMC lbl files)")
     build.add_argument("--text-field", default="text")
     build.add_argument("--image-field", default="image")
+    build.add_argument("--image-root", action="append", metavar="DIR",
+                       help="also allow image paths under DIR (default: only inside the catalogue's folder)")
     build.add_argument("--query-prompt")
     build.add_argument("--label-prompt")
     build.add_argument("--max-seq-length", type=int)
@@ -263,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("-k", type=int, default=10)
     query.add_argument("--file", help="one query text per line, or .jsonl with text/image/images per line")
     query.add_argument("--image", help="image for the first query text (or an image-only query); fused encoders")
+    query.add_argument("--image-root", action="append", metavar="DIR",
+                       help="also allow image paths of a .jsonl --file under DIR (default: only inside its folder)")
     query.add_argument("--json", action="store_true", help="one JSON object per query")
     query.add_argument("--no-verify", action="store_true", help="skip checksum verification")
     _add_query_options(query)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ def _is_lf_raw(path: Path) -> bool:
     return False
 
 
-def read_instances(path: str | Path, text_field: str = "text", labels_field: str = "labels") -> Instances:
+def read_instances(path: str | Path, text_field: str = "text", labels_field: str = "labels",
+                   image_roots: Sequence[str | Path] = ()) -> Instances:
     """Read labelled queries, choosing the reader from the file (see the module docstring for formats)."""
     path = Path(path)
     if path.is_dir():
@@ -80,7 +82,7 @@ def read_instances(path: str | Path, text_field: str = "text", labels_field: str
         raise CatalogueError(f"{path}: a sparse BoW file has labels but no query text; use it as --train only")
     if _is_lf_raw(path):
         return read_xmc_lf(path)
-    return _read_xmr_jsonl(path, text_field, labels_field)
+    return _read_xmr_jsonl(path, text_field, labels_field, image_roots)
 
 
 def _check_labels(value: Any, where: str, labels_field: str) -> list[LabelId]:
@@ -89,7 +91,7 @@ def _check_labels(value: Any, where: str, labels_field: str) -> list[LabelId]:
     return value
 
 
-def _read_xmr_jsonl(path: Path, text_field: str, labels_field: str) -> Instances:
+def _read_xmr_jsonl(path: Path, text_field: str, labels_field: str, image_roots: Sequence[str | Path]) -> Instances:
     ids, texts, labels, extra, images = [], [], [], [], []
     for where, record in iter_jsonl(path):
         text = record.get(text_field)
@@ -98,7 +100,7 @@ def _read_xmr_jsonl(path: Path, text_field: str, labels_field: str) -> Instances
         ids.append(record.get("id", len(ids)))
         texts.append(text)
         labels.append(_check_labels(record.get(labels_field), where, labels_field))
-        images.append(image_paths(record, "image", where, path.parent))
+        images.append(image_paths(record, "image", where, path.parent, image_roots))
         extra.append({key: value for key, value in record.items()
                       if key not in ("id", text_field, labels_field, "image", "images")})
     if not texts:

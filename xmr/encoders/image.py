@@ -19,12 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from xmr.catalogue import MAX_IMAGE_BYTES
 from xmr.encoders.embedding_cache import EmbeddingCache
 from xmr.errors import EncoderError
 from xmr.io.atomic import sha256_file
 from xmr.io.cache import cache_root
 
 log = logging.getLogger(__name__)
+
+
+def check_image_file(path: Path) -> None:
+    """Read only regular files of at most ``MAX_IMAGE_BYTES`` (never a device such as /dev/zero, which would hang)."""
+    if path.exists() and not path.is_file():
+        raise EncoderError(f"image {path}: not a regular file")
+    if path.is_file() and path.stat().st_size > MAX_IMAGE_BYTES:
+        raise EncoderError(f"image {path}: {path.stat().st_size} bytes, more than the {MAX_IMAGE_BYTES} an image may "
+                           "have")
 
 
 class ImageTower:
@@ -83,6 +93,7 @@ class ImageTower:
         for row, name in enumerate(paths):
             path = Path(name)
             try:
+                check_image_file(path)
                 digest = sha256_file(path)
             except OSError as error:
                 if not skip_missing:

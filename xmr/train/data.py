@@ -35,11 +35,12 @@ class TrainingData:
 
     @classmethod
     def load(cls, spec: DataSpec, seed: int, say: Callable[[str], None] = print) -> TrainingData:
-        labels = LabelCatalogue.from_file(spec.labels)
-        train, holdout = split_holdout(read_instances(spec.train), spec.validation_size, seed)
+        labels = LabelCatalogue.from_file(spec.labels, image_roots=spec.image_roots)
+        train, holdout = split_holdout(read_instances(spec.train, image_roots=spec.image_roots), spec.validation_size,
+                                       seed)
         if spec.max_train is not None:
             train = train.subset(list(range(min(spec.max_train, len(train)))), "train")
-        validation = read_instances(spec.validation) if spec.validation else holdout
+        validation = read_instances(spec.validation, image_roots=spec.image_roots) if spec.validation else holdout
         pairs = TrainingPairs.from_instances(train, labels)
         say(f"{len(pairs)} training queries ({pairs.dropped} without a known label dropped), {len(labels)} labels"
             + (f", {len(validation)} validation queries" if validation is not None else ""))

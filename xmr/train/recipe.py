@@ -35,6 +35,7 @@ class DataSpec:
     validation: str | None = None
     validation_size: int = 0  # without a validation file: hold out this many training queries (never trained on)
     max_train: int | None = None  # use at most this many training queries (after the hold-out)
+    image_roots: list[str] = field(default_factory=list)  # folders image paths may point into besides the files' own
 
 
 @dataclass
