@@ -5,6 +5,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +209,56 @@ def test_image_paths_stay_inside_the_catalogues_folder_unless_allowed(tmp_path, 
     monkeypatch.setattr(xmr.catalogue, "MAX_IMAGE_BYTES", 3)
     with pytest.raises(CatalogueError, match=r"labels.jsonl:1: image 'pics/ok.jpg' is 4 bytes, more than the 3"):
         read("pics/ok.jpg")
+
+
+# ---- crashes and concurrent writers: kills injected at each point of a save, including inside the swap window ------
+SAVE = """
+import os, sys
+import numpy as np
+import xmr
+from xmr.io import atomic
+point, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+die = lambda *args, **kwargs: os._exit(9)
+if point == "writing-files":  # the label store is written, the FAISS index not yet
+    from xmr.index.stages.faiss_dense import FaissDenseStage
+    FaissDenseStage.write = die
+elif point == "before-swap":
+    atomic.swap_into_place = die
+elif point == "between-renames":
+    atomic.exchange = lambda first, second: False  # a system without atomic exchange: two renames
+    rename = os.rename
+    def first_rename_then_die(source, target):
+        rename(source, target)
+        if str(source) == out:
+            os._exit(9)
+    atomic.os.rename = first_rename_then_die
+elif point == "after-exchange":
+    atomic.shutil.rmtree = die
+vectors = np.random.default_rng(n).normal(size=(n, 8)).astype(np.float32)
+catalogue = xmr.LabelCatalogue.from_records([{"id": row, "text": f"label {row}"} for row in range(n)])
+xmr.build_index_from_embeddings(catalogue, vectors, out)
+"""
+
+
+def save_in_process(point: str, out: Path, n: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", SAVE, point, str(out), str(n)], stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize(("point", "survivor"), [("writing-files", 30), ("before-swap", 30),
+                                                 ("between-renames", 30), ("after-exchange", 40)])
+def test_a_save_killed_at_any_point_leaves_an_index_that_loads(tmp_path, point, survivor):
+    out = tmp_path / "index"
+    assert save_in_process("none", out, 30).wait() == 0
+    assert save_in_process(point, out, 40).wait() == 9  # killed at the injected point
+    index = xmr.load_index(out)  # the old or the new index, whole (checksums verified)
+    assert len(index) == survivor and len(index.search_embeddings(np.ones(8, np.float32), k=3).ids[0]) == 3
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["index"]  # the next open cleaned what was left
+    assert save_in_process("none", out, 50).wait() == 0 and len(xmr.load_index(out)) == 50
+
+
+def test_concurrent_writers_take_turns_and_the_last_one_wins(tmp_path):
+    out = tmp_path / "index"
+    writers = [save_in_process("none", out, n) for n in (20, 21, 22, 23)]
+    assert [writer.wait() for writer in writers] == [0, 0, 0, 0], [writer.stderr.read() for writer in writers]
+    assert len(xmr.load_index(out)) in (20, 21, 22, 23)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["index"]

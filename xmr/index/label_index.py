@@ -31,6 +31,7 @@ from xmr.index import faiss_ops
 from xmr.index.folder import read_manifest, refuse_foreign, verify_files, write_index_folder
 from xmr.index.recipes import IndexRecipe, auto_recipe, load_recipe, parse_memory
 from xmr.index.stages import STAGES, CandidateStage, RerankStage, candidate_stage_for, stage_class
+from xmr.io.atomic import recover
 from xmr.predictor import EncodedPredictor
 from xmr.representations import REPRESENTATIONS, DenseVectors, Representation, as_representation
 from xmr.search import SearchResult
@@ -432,6 +433,7 @@ def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | No
     caller passes ``trust_remote_code=True``: what a folder says never decides whether code runs.
     """
     path = Path(path)
+    recover(path)  # what a killed writer of this folder left beside it
     manifest = read_manifest(path)
     if manifest.get("kind", LabelIndex.kind) != LabelIndex.kind:
         raise IndexFolderError(f"{path}: a {manifest['kind']!r} folder, not a label index; open it with "

@@ -29,7 +29,7 @@ from xmr.encoders import Encoder
 from xmr.errors import IndexFolderError, XMRError
 from xmr.index.folder import read_manifest, refuse_foreign, write_manifest
 from xmr.index.label_index import LabelIndex, load_index
-from xmr.io.atomic import write_folder_atomically
+from xmr.io.atomic import recover, write_folder_atomically
 from xmr.predictor import EncodedPredictor
 from xmr.representations import Representation, as_representation
 from xmr.search import SearchResult
@@ -138,6 +138,7 @@ class ShardedIndex(EncodedPredictor):
 def load_sharded_index(path: str | Path, **load_options: Any) -> ShardedIndex:
     """Open a folder written by :meth:`ShardedIndex.save` (shards and their saved id offsets)."""
     path = Path(path)
+    recover(path)
     manifest = read_manifest(path)
     entries = manifest.get("shards")
     if not isinstance(entries, list) or not entries:
