@@ -19,7 +19,7 @@ from xmr import metrics as m
 from xmr.catalogue import LabelCatalogue, LabelId
 from xmr.datasets import Instances, read_filter_pairs, read_instances, read_label_lists
 from xmr.errors import XMRError
-from xmr.predictor import Predictor
+from xmr.predictor import EncodedPredictor, Predictor
 from xmr.representations import Representation
 
 DECILE_K = 5
@@ -56,7 +56,8 @@ def predict_rows(predictor: Predictor, queries: Sequence[Any] | Representation |
     both the rankings and the sets.
     """
     exclude = exclude or {}
-    if isinstance(queries, (Representation, np.ndarray)) and not predictor.encodes_queries:
+    encodes = isinstance(predictor, EncodedPredictor)
+    if isinstance(queries, (Representation, np.ndarray)) and not encodes:
         raise XMRError(f"a {predictor.kind} predictor takes query items, not precomputed query vectors")
     depth = k + max((len(rows) for rows in exclude.values()), default=0)
     predictions = np.full((len(queries), k), -1, dtype=np.int64)
@@ -69,13 +70,13 @@ def predict_rows(predictor: Predictor, queries: Sequence[Any] | Representation |
             batch = queries.take(np.arange(len(queries))[block])
         elif isinstance(queries, np.ndarray):
             batch = np.asarray(queries[block], dtype=np.float32)
-        elif predictor.encodes_queries:
+        elif encodes:
             batch = predictor.encode_queries(list(queries[block]))
         else:
             batch = list(queries[block])
         encode_seconds += time.perf_counter() - tick
         tick = time.perf_counter()
-        if predictor.encodes_queries:
+        if encodes:
             result = predictor.predict_encoded(batch, k=depth, **options)
         else:
             result = predictor.predict(batch, k=depth, **options)

@@ -17,7 +17,7 @@ import numpy as np
 
 from xmr.catalogue import LabelCatalogue
 from xmr.encoders.base import Item
-from xmr.errors import IndexFolderError, InvalidArgument, UnsupportedOperation
+from xmr.errors import IndexFolderError, InvalidArgument
 from xmr.representations import Representation
 from xmr.search import SearchResult
 
@@ -29,7 +29,8 @@ PREDICTOR_KINDS: dict[str, str] = {
 
 
 class Predictor(ABC):
-    """Ranks a catalogue's labels for queries (text, or ``{"text", "image"|"images"}`` items)."""
+    """Ranks a catalogue's labels for queries (text, or ``{"text", "image"|"images"}`` items). Predictors that encode
+    queries first (indexes) are :class:`EncodedPredictor`s; evaluation then times and reuses the encoding."""
 
     kind: ClassVar[str]
     catalogue: LabelCatalogue
@@ -42,19 +43,6 @@ class Predictor(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What reports print: ``kind``, ``path``, ``encoder`` (identity or None), ``structure``, ``params``."""
-
-    # ---- predictors whose queries are encoded first (indexes): evaluation times and reuses the encoding ------------
-    def encode_queries(self, items: Sequence[Item]) -> Representation:
-        raise UnsupportedOperation(f"{self.kind} predictors do not encode queries separately")
-
-    def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **options: Any) -> SearchResult:
-        """Top-``k`` labels for already encoded queries (e.g. precomputed vectors)."""
-        raise UnsupportedOperation(f"{self.kind} predictors take items, not encoded queries")
-
-    @property
-    def encodes_queries(self) -> bool:
-        """Whether :meth:`encode_queries` and :meth:`predict_encoded` are available."""
-        return type(self).predict_encoded is not Predictor.predict_encoded
 
     def __len__(self) -> int:
         return len(self.catalogue)
@@ -76,7 +64,8 @@ class EncodedPredictor(Predictor):
         return self.predict_encoded(self.encode_queries(items), k=k, **knobs)
 
     @abstractmethod
-    def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **knobs: Any) -> SearchResult: ...
+    def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **knobs: Any) -> SearchResult:
+        """Top-``k`` labels for already encoded queries (e.g. precomputed vectors)."""
 
     def search(self, queries: Sequence[Item] | Item, k: int = 10, **knobs: Any) -> SearchResult:
         return self.predict(queries, k=k, **knobs)

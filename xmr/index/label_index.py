@@ -30,7 +30,7 @@ from xmr.errors import CatalogueError, IndexFolderError, UnsupportedOperation, X
 from xmr.index import faiss_ops
 from xmr.index.folder import read_manifest, refuse_foreign, verify_files, write_index_folder
 from xmr.index.recipes import IndexRecipe, auto_recipe, load_recipe, parse_memory
-from xmr.index.stages import STAGES, CandidateStage, RerankStage, candidate_stage_for, stage_class
+from xmr.index.stages import CandidateStage, RerankStage, stage_class, stage_for
 from xmr.io.atomic import recover
 from xmr.predictor import EncodedPredictor
 from xmr.representations import REPRESENTATIONS, DenseVectors, Representation, as_representation
@@ -354,13 +354,6 @@ def _resolve_recipe(kind: str, recipe: IndexRecipe | str | None, factory: str, n
     return (recipe or IndexRecipe("factory", factory)).resolved(n_labels, dim), auto
 
 
-def _rerank_stage_for(kind: str) -> type[RerankStage]:
-    for cls in STAGES.values():
-        if issubclass(cls, RerankStage) and cls.representation == kind:
-            return cls
-    raise XMRError(f"no re-rank stage takes {kind} representations; use a recipe with rerank: 0")
-
-
 def build_index_from_embeddings(
     catalogue: LabelCatalogue,
     vectors: Representation | np.ndarray,
@@ -393,12 +386,12 @@ def build_index_from_embeddings(
     size = int(spec.get("dim", spec.get("bits", 0)))
     recipe, auto = _resolve_recipe(labels.kind, recipe, factory, len(catalogue), size, max_memory, target_recall)
     internal_ids = np.arange(len(catalogue), dtype=np.int64)
-    candidates = candidate_stage_for(labels.kind).build(labels, internal_ids, recipe.factory, recipe.build,
+    candidates = stage_for(CandidateStage, labels.kind).build(labels, internal_ids, recipe.factory, recipe.build,
                                                         train_size)
     knobs = {**recipe.search, **(search_params or {})}
     if knobs:
         candidates.set_knobs(knobs)
-    rerankers = [_rerank_stage_for(labels.kind).build(labels, recipe.rerank)] if recipe.rerank else []
+    rerankers = [stage_for(RerankStage, labels.kind).build(labels, recipe.rerank)] if recipe.rerank else []
     manifest = {
         "kind": LabelIndex.kind,
         "xmr_version": __version__,

@@ -11,9 +11,9 @@ from xmr.index.stages.base import (
     CandidateStage,
     RerankStage,
     Stage,
-    candidate_stage_for,
     register_stage,
     stage_class,
+    stage_for,
 )
 
-__all__ = ["STAGES", "CandidateStage", "RerankStage", "Stage", "candidate_stage_for", "register_stage", "stage_class"]
+__all__ = ["STAGES", "CandidateStage", "RerankStage", "Stage", "register_stage", "stage_class", "stage_for"]

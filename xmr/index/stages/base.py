@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from xmr.methods import registrar
 from xmr.representations import Representation
 
 STAGES: dict[str, type[Stage]] = {}
+S = TypeVar("S", bound="Stage")
 
 
 def register_stage(type_name: str) -> Callable[[type[Stage]], type[Stage]]:
@@ -39,17 +40,19 @@ def stage_class(section: dict[str, Any], where: Path | str | None) -> type[Stage
     return STAGES[type_name]
 
 
-def candidate_stage_for(kind: str) -> type[CandidateStage]:
-    """The default candidate stage for a representation kind (the first registered one that takes it)."""
+def stage_for(role: type[S], kind: str) -> type[S]:
+    """The default stage of a role (``CandidateStage`` or ``RerankStage``) for a representation kind: the first
+    registered one that takes it, after importing the registered methods if none does."""
     from xmr.methods import import_methods
 
     for attempt in range(2):
         if attempt:
             import_methods()  # a method may bring the stage for its own representation
         for cls in STAGES.values():
-            if issubclass(cls, CandidateStage) and cls.representation == kind and cls.default_for_kind:
+            if issubclass(cls, role) and cls.representation == kind and getattr(cls, "default_for_kind", True):
                 return cls
-    raise XMRError(f"no candidate stage searches {kind!r} representations; known stages: {sorted(STAGES)}")
+    hint = "; use a recipe with rerank: 0" if role is RerankStage else ""
+    raise XMRError(f"no {role.role} stage takes {kind!r} representations (known stages: {sorted(STAGES)}){hint}")
 
 
 class Stage(ABC):
