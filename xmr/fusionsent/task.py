@@ -1,0 +1,271 @@
+"""``fusionsent``: two contrastively fine-tuned copies of a sentence encoder, fused by SLERP, and a multi-label head.
+
+FusionSent (Hahn, Rettinger, ... "Efficient Few-shot Learning for Multi-label Classification of Scientific
+Documents with Many Classes", 2024; reference code sebischair/FusionSent ``fusionsent/trainer.py``):
+
+1. Body 1, the SetFit branch (Sec. 3.1): text pairs, positive when the texts share a label, trained with
+   sentence-transformers' ``CosineSimilarityLoss`` (the cosine of the two embeddings regressed onto 1 / 0), pairs
+   from :class:`xmr.fusionsent.pairs.TextPairSampler` (unique / oversampling / undersampling, never all n^2 pairs).
+2. Body 2, the label branch (Sec. 3.2): (text, label text) pairs, positive for the text's labels, sampled
+   negatives otherwise, trained with sentence-transformers' ``ContrastiveLoss`` (cosine distance) at the recipe's
+   ``margin`` (the reference never passes its ``margins`` setting to the loss).
+3. Fusion (Sec. 3.3): per-tensor SLERP of the two bodies at ``t`` (:mod:`xmr.fusionsent.slerp`); the fused body is
+   an ordinary encoder folder, ``runs/NAME/encoder``, so it also retrieves (``xmr build``).
+4. Head (Sec. 3.4): the fused body frozen, one-vs-rest logistic regression on the multi-hot targets, thresholds
+   tuned on validation (:mod:`xmr.fusionsent.head`); ``runs/NAME/predictor`` is a ``classifier-head`` predictor
+   folder that ``xmr eval`` scores (P@k, PSP@k and set F1).
+
+Both bodies train in the one spine loop, each micro-batch holding ``batch_size`` pairs of each branch and the loss
+being the sum of the two branch losses. The bodies share no parameter and AdamW is per-parameter, so this is two
+independent fine-tunings run side by side (with ``optimizer.clip_norm`` null; a clip norm would be taken over both
+bodies together). setfit's own ``Trainer`` is not used for body 1: its ``ContrastiveDataset`` enumerates every pair
+with ``np.triu_indices`` (quadratic memory), and the spine loop gives checkpoints, exact resume and logging; the
+``setfit`` package is the peer the evidence script compares against. ``shots: k`` trains on a k-per-label sample of
+the training split (:func:`xmr.fusionsent.pairs.few_shot_rows`). "Best" bodies are chosen (only when
+``evaluation.every`` is set) on the validation queries held out of train, never on the reported split; the head's
+thresholds are tuned on the same held-out queries and its weights fitted on the training texts only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from xmr.encoders import Encoder, load_encoder
+from xmr.evaluation import evaluate
+from xmr.fusionsent.head import fit_head, multi_hot, probabilities, tune_thresholds
+from xmr.fusionsent.pairs import TextPairSampler, few_shot_rows, label_pair_count, label_pairs
+from xmr.fusionsent.predictor import ClassifierHead
+from xmr.fusionsent.slerp import slerp_state_dicts
+from xmr.io.atomic import write_folder_atomically
+from xmr.train.batches import TrainingPairs
+from xmr.train.recipe import DataSpec, OptimizerSpec, ScheduleSpec
+from xmr.train.tasks import register_task
+from xmr.train.tasks.base import LoopSettings, ParameterGroup, Task, TaskContext
+from xmr.train.tasks.dual_encoder import optimizer_problems, truncation
+
+BODIES = ("setfit", "label")  # the branches, and their folders under runs/NAME/bodies/{best,last}/
+
+
+@dataclass
+class HeadSpec:
+    """The multi-label head: logistic regression strength, threshold tuning, and the non-empty-set rule."""
+
+    c: float = 1.0  # inverse L2 strength of each label's logistic regression (scikit-learn's C)
+    threshold: Literal["global", "per-label"] = "global"  # tuned on validation for micro-F1 / each label's F1
+    at_least_one: bool = True  # a query whose labels all fall below threshold gets its top label
+
+
+@dataclass
+class FusionSentSpec:
+    """The ``fusionsent`` section: few-shot sampling, both branches' pairs and losses, fusion, head."""
+
+    shots: int | None = None  # k examples per label drawn from the training split (None: all of it)
+    shots_seed: int = 0
+    pair_sampling: Literal["unique", "oversampling", "undersampling"] = "oversampling"  # SetFit's default
+    label_sampling: Literal["undersampling", "oversampling"] = "undersampling"
+    max_pairs: int | None = 2000  # pairs per branch and epoch (the compute budget); None: the strategy's count
+    batch_size: int = 16  # pairs per branch and micro-batch
+    margin: float = 0.5  # ContrastiveLoss margin (cosine distance) of the label branch
+    t: float = 0.5  # SLERP factor: 0 = the SetFit body, 1 = the label body
+    train_max_length: int | None = 64  # truncate texts while training (encoding keeps the encoder's length)
+    branch_predictors: bool = False  # also write runs/NAME/branches/{setfit,label}: each body alone + its head
+    head: HeadSpec = field(default_factory=HeadSpec)
+
+
+@dataclass
+class FusionSentSections:
+    data: DataSpec
+    encoder: Any = "all-MiniLM-L6-v2"  # the base body both branches start from
+    fusionsent: FusionSentSpec = field(default_factory=FusionSentSpec)
+    optimizer: OptimizerSpec = field(default_factory=lambda: OptimizerSpec(clip_norm=None))
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+
+
+def fuse(first: Encoder, second: Encoder, t: float) -> Encoder:
+    """A copy of ``first`` whose parameters are the SLERP of both encoders' at ``t``."""
+    fused = copy.deepcopy(first)
+    fused.model.load_state_dict(slerp_state_dicts(first.model.state_dict(), second.model.state_dict(), t))
+    fused.train_mode(False)
+    return fused
+
+
+@register_task("fusionsent")
+class FusionSentTask(Task):
+    """FusionSent (see the module docstring)."""
+
+    sections = FusionSentSections
+    distributed = False
+
+    @classmethod
+    def check(cls, sections: FusionSentSections) -> list[str]:
+        spec, problems = sections.fusionsent, []
+        if spec.shots is not None and spec.shots < 1:
+            problems.append("fusionsent.shots: must be at least 1 (or null: the whole training split)")
+        if spec.max_pairs is not None and spec.max_pairs < 2:
+            problems.append("fusionsent.max_pairs: must be at least 2 (or null)")
+        if spec.batch_size < 1:
+            problems.append("fusionsent.batch_size: must be at least 1")
+        if not 0.0 <= spec.t <= 1.0:
+            problems.append("fusionsent.t: the SLERP factor is in [0, 1]")
+        if spec.margin <= 0:
+            problems.append("fusionsent.margin: must be positive")
+        if spec.head.c <= 0:
+            problems.append("fusionsent.head.c: must be positive")
+        schedule = sections.schedule
+        if schedule.max_steps is not None and schedule.max_steps < 0:
+            problems.append("schedule.max_steps: must be at least 0")
+        if schedule.max_steps is None and schedule.epochs <= 0:
+            problems.append("schedule.epochs: must be positive (or set schedule.max_steps)")
+        return problems + optimizer_problems(sections.optimizer)
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        self.spec: FusionSentSpec = context.sections.fusionsent
+        data = context.data()
+        self.data, self.labels = data, data.labels
+        self.label_items = self.labels.items()
+        pairs = data.pairs
+        rows = (few_shot_rows(pairs.positives, len(self.labels), self.spec.shots, self.spec.shots_seed)
+                if self.spec.shots else np.arange(len(pairs)))
+        self.texts = [pairs.queries[row] for row in rows]
+        self.positives = [pairs.positives[row] for row in rows]
+        device = context.processes.device
+        self.bodies = {name: load_encoder(context.sections.encoder, device=device) for name in BODIES}
+        for body in self.bodies.values():
+            body.train_mode(True)
+        from sentence_transformers.sentence_transformer.losses import ContrastiveLoss, CosineSimilarityLoss
+
+        self.text_loss = CosineSimilarityLoss(self.bodies["setfit"].model)
+        self.label_loss = ContrastiveLoss(self.bodies["label"].model, margin=self.spec.margin)
+        self.sampler = TextPairSampler(self.positives, len(self.labels))
+        self.text_pairs = self.label_pairs = np.zeros((0, 3), dtype=np.int64)
+        context.say(f"fusionsent: {len(self.texts)} training texts"
+                    + (f" ({self.spec.shots} per label, seed {self.spec.shots_seed})" if self.spec.shots else "")
+                    + f"; {self.sampler.n_positive} positive / {self.sampler.n_negative} negative text pairs exist")
+
+    def _epoch_sizes(self) -> tuple[int, int]:
+        spec = self.spec
+        text = sum(self.sampler.sizes(spec.pair_sampling))
+        label = label_pair_count(self.positives, len(self.labels), spec.label_sampling)
+        cap = spec.max_pairs if spec.max_pairs is not None else max(text, label)
+        return min(text, cap), min(label, cap)
+
+    # ---- what the loop drives --------------------------------------------------------------------------------
+    def settings(self) -> LoopSettings:
+        """The common optimizer/schedule sections; an epoch is as many micro-batches as the larger branch needs;
+        validation (and "best" selection) only when ``evaluation.every`` is set."""
+        sections, evaluation = self.context.sections, self.context.recipe.evaluation
+        batches = math.ceil(max(self._epoch_sizes()) / self.spec.batch_size)
+        settings = LoopSettings.from_sections(sections.optimizer, sections.schedule, evaluation, batches)
+        settings.validate_at_end = evaluation.every is not None
+        return settings
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        lr = self.context.sections.optimizer.lr
+        return [ParameterGroup(f"{name}_body", self.bodies[name].parameter_groups()["encoder"], lr) for name in BODIES]
+
+    def begin_epoch(self, epoch: int) -> int:
+        rng = np.random.default_rng([self.context.recipe.seed, epoch, 15])
+        spec = self.spec
+        text_size, label_size = self._epoch_sizes()
+        self.text_pairs = self.sampler.sample(spec.pair_sampling, text_size, rng)
+        self.label_pairs = label_pairs(self.positives, len(self.labels), spec.label_sampling, label_size, rng)
+        return math.ceil(max(len(self.text_pairs), len(self.label_pairs)) / spec.batch_size)
+
+    def _slice(self, pairs: np.ndarray, position: int) -> np.ndarray:
+        """Micro-batch ``position`` of an epoch's pairs (a branch with fewer pairs starts over)."""
+        size = self.spec.batch_size
+        return pairs[np.arange(position * size, (position + 1) * size) % len(pairs)]
+
+    def forward(self, position: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SetFit-branch and label-branch losses of one micro-batch."""
+        text, label = self._slice(self.text_pairs, position), self._slice(self.label_pairs, position)
+        length = self.spec.train_max_length
+        setfit, label_body = self.bodies["setfit"], self.bodies["label"]
+        with truncation(setfit, length):
+            first = setfit.embed([self.texts[row] for row in text[:, 0]], "query")
+            second = setfit.embed([self.texts[row] for row in text[:, 1]], "query")
+        with truncation(label_body, length):
+            texts = label_body.embed([self.texts[row] for row in label[:, 0]], "query")
+            names = label_body.embed([self.label_items[row] for row in label[:, 1]], "label")
+        text_targets = torch.from_numpy(text[:, 2]).float().to(first.device)
+        label_targets = torch.from_numpy(label[:, 2]).float().to(texts.device)
+        return (self.text_loss.compute_loss_from_embeddings([first.float(), second.float()], text_targets),
+                self.label_loss.compute_loss_from_embeddings([texts.float(), names.float()], label_targets))
+
+    def loss(self, output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return output[0] + output[1]
+
+    def validate(self) -> dict[str, float] | None:
+        """Ranking and set metrics of fused body + head on the held-out validation queries."""
+        if self.data.validation is None:
+            return None
+        try:
+            head = self.head(fuse(self.bodies["setfit"], self.bodies["label"], self.spec.t))
+            report = evaluate(head, self.data.validation, ks=self.context.recipe.evaluation.ks,
+                              train=self.data.train)
+        finally:
+            for body in self.bodies.values():
+                body.train_mode(True)
+        return {**report["metrics"], **report["set_metrics"]}
+
+    def save(self, which: str) -> None:
+        """``runs/NAME/bodies/{best,last}/{setfit,label}``: both bodies as ordinary encoder folders."""
+
+        def write(folder: Any) -> None:
+            for name, body in self.bodies.items():
+                body.save(folder / name)
+
+        write_folder_atomically(self.context.run / "bodies" / which, write)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"text_pairs": self.text_pairs, "label_pairs": self.label_pairs}
+
+    def restore(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        self.text_pairs, self.label_pairs = arrays["text_pairs"], arrays["label_pairs"]
+
+    # ---- the head and the outputs ------------------------------------------------------------------------------
+    def head(self, body: Encoder) -> ClassifierHead:
+        """``body`` frozen, a one-vs-rest logistic head on the training texts, thresholds tuned on validation."""
+        spec, started = self.spec.head, time.perf_counter()
+        body.train_mode(False)
+        weights, bias = fit_head(body.encode_queries(self.texts), multi_hot(self.positives, len(self.labels)),
+                                 c=spec.c, seed=self.context.recipe.seed)
+        thresholds, tuned_on = np.full(len(self.labels), 0.5, dtype=np.float32), None
+        if self.data.validation is not None:
+            held = TrainingPairs.from_instances(self.data.validation, self.labels)
+            probs = probabilities(body.encode_queries(held.queries), weights, bias)
+            thresholds = tune_thresholds(probs, multi_hot(held.positives, len(self.labels)), spec.threshold,
+                                         spec.at_least_one)
+            tuned_on = len(held)
+        info = {"fitted_on": len(self.texts), "c": spec.c, "threshold": spec.threshold,
+                "thresholds_tuned_on": tuned_on, "fit_seconds": round(time.perf_counter() - started, 1)}
+        return ClassifierHead(self.labels, body, weights, bias, thresholds, spec.at_least_one, info=info)
+
+    def finish(self, best: dict[str, Any] | None) -> dict[str, Any]:
+        """``runs/NAME/encoder`` (the fused body), ``runs/NAME/predictor`` (fused body + head) and, with
+        ``branch_predictors``, ``runs/NAME/branches/{setfit,label}`` (each body + its own head)."""
+        run, device, started = self.context.run, self.context.processes.device, time.perf_counter()
+        bodies = {name: load_encoder(run / "bodies" / "best" / name, device=device) for name in BODIES}
+        fused = fuse(bodies["setfit"], bodies["label"], self.spec.t)
+        write_folder_atomically(run / "encoder", fused.save)
+        head = self.head(fused)
+        head.save(run / "predictor")
+        outputs: dict[str, Any] = {"encoder": str(run / "encoder"), "predictor": str(run / "predictor"),
+                                   "train_texts": len(self.texts), "t": self.spec.t,
+                                   "threshold": float(np.median(head.thresholds))}
+        if self.spec.branch_predictors:
+            outputs["branches"] = {}
+            for name, body in bodies.items():
+                self.head(body).save(run / "branches" / name)
+                outputs["branches"][name] = str(run / "branches" / name)
+        outputs["head_seconds"] = round(time.perf_counter() - started, 1)
+        self.context.say(f"fusionsent: fused body {run / 'encoder'}, predictor {run / 'predictor'}")
+        return outputs
