@@ -142,6 +142,8 @@ class LabelCatalogue:
         ``image_roots``).
         """
         path = Path(path)
+        if path.is_dir():
+            raise CatalogueError(f"{path}: is a folder, not a catalogue file")
         if not path.is_file():
             raise CatalogueError(f"{path}: no such catalogue file")
         kind = file_kind(path)

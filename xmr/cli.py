@@ -8,14 +8,23 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from xmr.errors import XMRError
 
+# search flag -> (knob name, smallest value it takes)
+SEARCH_FLAGS = {"ef_search": ("efSearch", 1), "nprobe": ("nprobe", 1), "rerank": ("rerank", 0)}
+
 
 def _search_params(args: argparse.Namespace) -> dict[str, int]:
-    params = {"efSearch": args.ef_search, "nprobe": args.nprobe, "rerank": getattr(args, "rerank", None)}
-    return {name: value for name, value in params.items() if value is not None}
+    params = {}
+    for flag, (knob, smallest) in SEARCH_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None and value < smallest:
+            raise XMRError(f"--{flag.replace('_', '-')} must be at least {smallest}, got {value}")
+        if value is not None:
+            params[knob] = value
+    return params
 
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +118,8 @@ def _read_queries(args: argparse.Namespace) -> list[str | dict]:
     from xmr.io.readers import iter_jsonl
 
     queries: list[str | dict] = list(args.queries)
+    if args.image and not Path(args.image).is_file():
+        raise XMRError(f"--image {args.image}: no such image file")
     if args.image:
         first = queries.pop(0) if queries else None
         queries.insert(0, {"text": first, "images": [args.image]} if first else {"images": [args.image]})
@@ -123,7 +134,12 @@ def _read_queries(args: argparse.Namespace) -> list[str | dict]:
                     raise XMRError(f"{where}: a query needs 'text', 'image' or 'images'")
                 queries.append({"text": record.get("text", ""), "images": images} if images else record["text"])
         else:
-            queries += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            from xmr.io.readers import text_lines
+
+            lines = [line.strip() for _, line in text_lines(path) if line.strip()]
+            if not lines:
+                raise XMRError(f"{path}: no queries in the file (only blank lines)")
+            queries += lines
     if not queries:
         raise XMRError("no queries: give query texts, --image IMAGE or --file FILE")
     return queries
@@ -139,6 +155,10 @@ def cmd_query(args: argparse.Namespace) -> None:
 
     queries = _read_queries(args)
     predictor = _open_predictor(args, verify=not args.no_verify)
+    encoder = getattr(predictor, "encoder", None)
+    if encoder is not None and "image" not in encoder.modalities and any(isinstance(q, dict) for q in queries):
+        raise XMRError(f"{args.index}: its encoder ({encoder.type_name}) reads text only; a query image would be "
+                       "ignored, so it is refused (use an index built with an image-aware encoder)")
     result = predictor.predict(queries, k=args.k, **_search_params(args))
     for number, (query, hits) in enumerate(zip(queries, result.to_records(), strict=True)):
         if args.json:
@@ -228,11 +248,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.out), rebuild=args.rebuild, k=args.k)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with xmr's error format: one line on stderr and exit code 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("xmr").strip()
+        self.exit(2, f"xmr: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xmr.demo import DEMO_INDEX
     from xmr.encoders import DEFAULT_TEXT_MODEL
 
-    parser = argparse.ArgumentParser(prog="xmr", description="Extreme multi-label retrieval: build, query, inspect.")
+    parser = OneLineParser(prog="xmr", description="Extreme multi-label retrieval: build, query, inspect.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build", help="encode a label catalogue and write an index folder")
@@ -298,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = commands.add_parser("train", help="fine-tune an encoder from a recipe (training/*.yaml) into runs/NAME")
     training.add_argument("recipe", help="YAML recipe")
-    training.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    training.add_argument("--restart", action="store_true", help="delete the run folder and start again")
+    start = training.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    start.add_argument("--restart", action="store_true", help="delete the run folder and start again")
     training.add_argument("--set", action="append", type=_override, metavar="FIELD=VALUE",
                           help="override one recipe field, e.g. --set schedule.max_steps=10 (repeatable)")
     training.set_defaults(run=cmd_train)

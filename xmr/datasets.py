@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from xmr.catalogue import ROW_ID, LabelCatalogue, LabelId, image_paths
 from xmr.errors import CatalogueError, InvalidArgument
-from xmr.io.readers import iter_jsonl, open_text
+from xmr.io.readers import iter_jsonl, text_lines
 
 
 @dataclass
@@ -131,23 +131,23 @@ def read_xmc_lf_labels(path: str | Path) -> LabelCatalogue:
 def read_bow_labels(path: str | Path) -> sp.csr_array:
     """Label matrix ``(n, L)`` of a sparse BoW file (header ``n d L``; features are skipped)."""
     path = Path(path)
-    with open_text(path) as handle:
-        header = handle.readline().split()
-        if len(header) != 3 or not all(part.isdigit() for part in header):
-            raise CatalogueError(f"{path}:1: expected the header 'n_points n_features n_labels'")
-        n, _, n_labels = (int(part) for part in header)
-        indptr, indices = [0], []
-        for line_number, line in enumerate(handle, start=2):
-            first = line.split(" ", 1)[0].strip() if not line.startswith(" ") else ""
-            if first and ":" not in first:
-                try:
-                    row = [int(label) for label in first.split(",")]
-                except ValueError:
-                    raise CatalogueError(f"{path}:{line_number}: bad label list {first!r}") from None
-                if min(row) < 0 or max(row) >= n_labels:
-                    raise CatalogueError(f"{path}:{line_number}: label id outside 0..{n_labels - 1}")
-                indices.extend(row)
-            indptr.append(len(indices))
+    lines = text_lines(path)
+    header = next(lines, (1, ""))[1].split()
+    if len(header) != 3 or not all(part.isdigit() for part in header):
+        raise CatalogueError(f"{path}:1: expected the header 'n_points n_features n_labels'")
+    n, _, n_labels = (int(part) for part in header)
+    indptr, indices = [0], []
+    for line_number, line in lines:
+        first = line.split(" ", 1)[0].strip() if not line.startswith(" ") else ""
+        if first and ":" not in first:
+            try:
+                row = [int(label) for label in first.split(",")]
+            except ValueError:
+                raise CatalogueError(f"{path}:{line_number}: bad label list {first!r}") from None
+            if min(row) < 0 or max(row) >= n_labels:
+                raise CatalogueError(f"{path}:{line_number}: label id outside 0..{n_labels - 1}")
+            indices.extend(row)
+        indptr.append(len(indices))
     if len(indptr) - 1 != n:
         raise CatalogueError(f"{path}: header says {n} points, the file has {len(indptr) - 1}")
     data = np.ones(len(indices), dtype=np.float32)
@@ -198,12 +198,11 @@ def read_filter_pairs(path: str | Path) -> dict[int, set[int]]:
     if not path.is_file():
         raise CatalogueError(f"{path}: no such filter file")
     pairs: dict[int, set[int]] = {}
-    with open_text(path) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or not all(part.lstrip("-").isdigit() for part in parts):
-                raise CatalogueError(f"{path}:{line_number}: expected 'query_row label_id', got {line.strip()!r}")
-            pairs.setdefault(int(parts[0]), set()).add(int(parts[1]))
+    for line_number, line in text_lines(path):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not all(part.lstrip("-").isdigit() for part in parts):
+            raise CatalogueError(f"{path}:{line_number}: expected 'query_row label_id', got {line.strip()!r}")
+        pairs.setdefault(int(parts[0]), set()).add(int(parts[1]))
     return pairs

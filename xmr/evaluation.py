@@ -18,7 +18,7 @@ import numpy as np
 from xmr import metrics as m
 from xmr.catalogue import LabelCatalogue, LabelId
 from xmr.datasets import Instances, read_filter_pairs, read_instances, read_label_lists
-from xmr.errors import XMRError
+from xmr.errors import InvalidArgument, XMRError
 from xmr.predictor import EncodedPredictor, Predictor
 from xmr.representations import Representation
 
@@ -143,6 +143,8 @@ def evaluate(
     """
     started = time.perf_counter()
     instances = dataset if isinstance(dataset, Instances) else read_instances(dataset)
+    if group_by and not any(group_by in extra for extra in instances.extra or []):
+        raise InvalidArgument(f"--group-by {group_by}: no record of {instances.source} has that field")
     ks = sorted(set(int(k) for k in ks))
     depth = max(ks)
     catalogue = predictor.catalogue

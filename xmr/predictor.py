@@ -80,14 +80,14 @@ class EncodedPredictor(Predictor):
 
 def as_items(queries: Sequence[Item] | Item) -> list[Item]:
     """One query (a string or a mapping) or a sequence of them, as a list; a query without text or image (blank text,
-    None, a number) is an error naming its position, since it would return arbitrary labels."""
+    None, a number) is an error naming its position (counted from 1), since it would return arbitrary labels."""
     if isinstance(queries, (str, Mapping)):
         queries = [queries]
     elif not isinstance(queries, Sequence):
         raise InvalidArgument(f"queries must be a text, a {{'text', 'image'}} mapping or a list of them, got "
                               f"{type(queries).__name__}")
     items = list(queries)
-    for position, item in enumerate(items):
+    for position, item in enumerate(items, start=1):
         if isinstance(item, str):
             text, images = item, None
         elif isinstance(item, Mapping):

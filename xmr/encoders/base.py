@@ -42,6 +42,7 @@ class Encoder(ABC):
 
     type_name: ClassVar[str]
     representation: ClassVar[str] = DenseVectors.kind  # a key of representations.REPRESENTATIONS
+    modalities: ClassVar[frozenset[str]] = frozenset({"text"})  # what an item may carry that the encoder reads
     # Config keys that change speed or placement but never the vectors; ignored when comparing encoders.
     runtime_keys: ClassVar[frozenset[str]] = frozenset({"batch_size", "device", "show_progress"})
 

@@ -48,6 +48,8 @@ class FusedEncoder(DenseEncoder):
     """A text encoder (any :class:`~xmr.encoders.fusable.FusableText`: sentence-transformers, decoder LLM) that
     also reads up to ``max_images`` images per item."""
 
+    modalities = frozenset({"text", "image"})
+
     def __init__(
         self,
         text: Mapping[str, Any] | str,

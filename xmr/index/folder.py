@@ -48,8 +48,12 @@ def write_index_folder(out: Path, write_files: Callable[[Path], dict[str, Any]])
 
 
 def refuse_foreign(out: Path) -> None:
-    """Refuse to replace ``out`` unless it is absent, an empty folder, or an xmr folder (its manifest says so)."""
+    """Refuse to replace ``out`` unless it is absent (and can be made: no file on its path), an empty folder, or an xmr
+    folder (its manifest says so)."""
     if not out.exists():
+        blocking = next((parent for parent in Path(out).absolute().parents if parent.exists()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise IndexFolderError(f"{out}: cannot be made, {blocking} is a file, not a folder")
         return
     if not out.is_dir():
         raise IndexFolderError(f"{out}: exists and is not a folder; refusing to replace it")
@@ -129,6 +133,8 @@ def check_fields(manifest: dict[str, Any], path: Path) -> None:
             raise IndexFolderError(f"{path}: field {name!r} is {found}; a version-{layout[0]} {layout[1]} manifest "
                                    f"needs it as a JSON {'object' if kind is dict else kind.__name__}")
     for name, entry in (manifest.get("files") or {}).items():
+        if name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+            raise IndexFolderError(f"{path}: files[{name!r}] is not a file name inside the folder; refusing it")
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not isinstance(
                 entry.get("bytes"), int):
             raise IndexFolderError(f"{path}: files[{name!r}] needs 'sha256' and 'bytes'")
@@ -175,6 +181,8 @@ def verify_files(folder: Path, manifest: dict[str, Any], checksums: bool = True)
         raise IndexFolderError(f"{folder}: {MANIFEST} has no checksum for {unlisted}; refusing to use them")
     for name, expected in listed.items():
         path = folder / name
+        if path.is_symlink():
+            raise IndexFolderError(f"{path}: a symbolic link; an index folder holds regular files only")
         if not path.is_file():
             raise IndexFolderError(f"{path}: missing (listed in {MANIFEST})")
         if path.stat().st_size != expected["bytes"]:

@@ -12,7 +12,6 @@ import json
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,68 +21,65 @@ from xmr.errors import CatalogueError
 KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
-def open_text(path: Path) -> IO[str]:
-    """Open a UTF-8 text file for reading (a leading byte-order mark is dropped), un-gzipping ``*.gz``."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
-def _unreadable(path: Path, line: int, error: Exception) -> CatalogueError:
-    """The one-line error for bytes that are not UTF-8 text or a broken gzip stream, naming where reading stopped."""
-    if isinstance(error, UnicodeDecodeError):
-        return CatalogueError(f"{path}:{line}: not UTF-8 text ({error.reason} at byte {error.start} of a block)")
-    return CatalogueError(f"{path}:{line}: cannot read the file: {error}")
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line of a UTF-8 (optionally gzipped) file, decoded line by line so that bytes
+    that are not UTF-8 and a broken gzip stream are errors naming their exact line, not a block's first one."""
+    line_number = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                try:
+                    text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
+                except UnicodeDecodeError as error:
+                    raise CatalogueError(f"{path}:{line_number}: not UTF-8 text ({error.reason} at column "
+                                         f"{error.start + 1}); re-save the file as UTF-8") from None
+                yield line_number, text
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise CatalogueError(f"{path}:{line_number + 1}: broken gzip stream ({error})") from None
+    except IsADirectoryError:
+        raise CatalogueError(f"{path}: is a folder, not a file") from None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
     """Yield (``file:line``, object) for each non-blank line of a JSONL file."""
-    line_number = 0
-    try:
-        with open_text(path) as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{line_number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise CatalogueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
-                if not isinstance(record, dict):
-                    raise CatalogueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-                yield where, record
-    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise _unreadable(path, line_number + 1, error) from None
+    for line_number, line in text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CatalogueError(f"{where}: bad JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise CatalogueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield where, record
 
 
 def iter_csv(path: Path) -> Iterator[tuple[str, dict]]:
     """Yield (``file:line``, row) for each CSV row (the header names the fields). Read strictly: an unterminated
     quote is an error naming the line it starts on, not the rest of the file swallowed into one field."""
     line = 0
+    reader = csv.DictReader((text for _, text in text_lines(path)), strict=True)
     try:
-        with open_text(path) as handle:
-            reader = csv.DictReader(handle, strict=True)
-            if reader.fieldnames is None:
-                return
+        if reader.fieldnames is None:
+            return
+        line = reader.line_num
+        for row in reader:
+            if None in row:
+                raise CatalogueError(f"{path}:{reader.line_num}: more fields than the header has")
+            yield f"{path}:{reader.line_num}", row
             line = reader.line_num
-            for row in reader:
-                if None in row:
-                    raise CatalogueError(f"{path}:{reader.line_num}: more fields than the header has")
-                yield f"{path}:{reader.line_num}", row
-                line = reader.line_num
     except csv.Error as error:
-        raise CatalogueError(f"{path}:{line + 1}: malformed CSV ({error})") from None
-    except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise _unreadable(path, line + 1, error) from None
+        raise CatalogueError(f"{path}:{line + 1}: malformed CSV ({error}; an unterminated quote?)") from None
 
 
 def iter_parquet(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (``file: row N``, row) for each Parquet row."""
+    """Yield (``file: row N``, row) for each Parquet row, N counted from 1."""
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as error:
         raise CatalogueError(f"{path}: not a readable Parquet file ({error})") from None
-    for row_number, row in enumerate(table.to_pylist()):
+    for row_number, row in enumerate(table.to_pylist(), start=1):
         yield f"{path}: row {row_number}", row
 
 
@@ -112,9 +108,5 @@ def file_columns(path: Path) -> list[str] | None:
         except (pa.ArrowException, OSError) as error:
             raise CatalogueError(f"{path}: not a readable Parquet file ({error})") from None
     if kind == "csv":
-        try:
-            with open_text(path) as handle:
-                return next(csv.reader(handle), [])
-        except (UnicodeDecodeError, EOFError, gzip.BadGzipFile, zlib.error) as error:
-            raise _unreadable(path, 1, error) from None
+        return next(csv.reader(text for _, text in text_lines(path)), [])
     return None

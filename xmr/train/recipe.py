@@ -108,8 +108,14 @@ class Recipe:
         values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if item.init}
         for sections in self.tasks.values():
             values.update({item.name: getattr(sections, item.name) for item in dataclasses.fields(sections)})
-        return {key: dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
-                for key, value in values.items()}
+        return {key: _plain(value) for key, value in values.items()}
+
+
+def _plain(value: Any) -> Any:
+    """A section as JSON-ready values: dataclasses (also a list of them, e.g. UWE's ``graphs``) as dicts."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 # ---- validation ------------------------------------------------------------------------------------------------------
@@ -211,6 +217,9 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise RecipeError(f"{path}: cannot read recipe: {error}") from None
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not UTF-8 text ({error.reason}); re-save the recipe as UTF-8") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
