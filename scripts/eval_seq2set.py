@@ -1,0 +1,156 @@
+"""Evidence for the Seq2Set decoder path (issue 17), one command:
+
+    nice -n 10 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/eval_seq2set.py --part all
+
+``--part reuters``: OTSeq2Set, MLC2Seq and the BCE head trained by ``xmr train seq2set-reuters`` (one recipe, the
+model overridden) on the same frozen MiniLM token states, scored by ``xmr.evaluation.evaluate`` on the 3,019 test
+articles: P@k from the ranked lists, micro/macro/example F1 from the predicted sets, set sizes predicted vs gold.
+Writes ``eval/results/seq2set-reuters/``.
+
+``--part extreme``: ``seq2set-tibkat`` (26,983 GND labels) shortlisted (top-256 from an xmr index) against the
+paper's full softmax, each trained and evaluated in its own process so that its peak RSS is its own; time per
+training step, prediction time, peak memory, P@k and F1 on the first 1,000 test records. Writes
+``eval/results/seq2set-tibkat/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REUTERS = ROOT.parent / "shared" / "data" / "reuters21578-modapte"
+TIBKAT = ROOT.parent / "shared" / "data" / "tibkat_gnd_en"
+MODELS = ("otseq2set", "mlc2seq", "bce")
+TIBKAT_TEST = 1000
+
+
+def train_and_evaluate(recipe: str, overrides: dict, test: Path, train_file: Path, runs: Path,
+                       test_limit: int | None = None) -> dict:
+    """Train one recipe variant through ``xmr.train`` and score its predictor folder with ``evaluate``."""
+    import xmr
+    from xmr.datasets import read_instances
+    from xmr.evaluation import evaluate
+    from xmr.train import load_recipe, train
+
+    loaded = load_recipe(recipe, {"output": str(runs), **overrides})
+    started = time.perf_counter()
+    summary = train(loaded, restart=True, say=lambda message: print(message, flush=True))
+    train_wall = time.perf_counter() - started
+    predictor = xmr.load_predictor(summary["predictor"], cache_token_states=True)
+    instances = read_instances(test)
+    if test_limit is not None:
+        instances = instances.subset(list(range(min(test_limit, len(instances)))), f"first {test_limit}")
+    report = evaluate(predictor, instances, ks=[1, 3, 5], train=train_file, batch_size=256)
+    sizes = set_sizes(predictor, instances)
+    return {"recipe": recipe, "overrides": overrides, "summary": {key: summary.get(key) for key in (
+        "steps", "epochs", "train_seconds", "steps_per_second", "final_loss", "predictor", "decoder_steps",
+        "shortlist", "shortlist_gold_recall", "encode_seconds", "task_seconds")},
+            "train_wall_s": round(train_wall, 1), "metrics": report["metrics"], "set_metrics": report["set_metrics"],
+            "timings": report["timings"], "structure": report["structure"], "set_sizes": sizes}
+
+
+def set_sizes(predictor, instances) -> dict:
+    """Mean and histogram of predicted vs gold set sizes (token states come from the cache)."""
+    predicted = []
+    for start in range(0, len(instances), 256):
+        predicted += [len(found) for found in predictor.predict(instances.texts[start:start + 256], k=1).sets]
+    gold = [len(labels) for labels in instances.labels]
+    top = 6
+    histogram = lambda values: [int(np.sum(np.minimum(values, top) == size)) for size in range(top + 1)]  # noqa: E731
+    return {"predicted_mean": float(np.mean(predicted)), "gold_mean": float(np.mean(gold)),
+            "exact_size_share": float(np.mean(np.array(predicted) == np.array(gold))),
+            "histogram_sizes": list(range(top)) + [f">={top}"], "predicted_histogram": histogram(predicted),
+            "gold_histogram": histogram(gold)}
+
+
+def single(variant: str, runs: Path, out: Path) -> None:
+    """One extreme-label variant in this process; its peak RSS is this process's."""
+    shortlist = {"shortlist": 256, "full": 0}[variant]
+    result = train_and_evaluate("seq2set-tibkat", {"name": f"seq2set-tibkat-{variant}", "seq2set.shortlist": shortlist,
+                                                   "data.train": str(TIBKAT / "train.jsonl"),
+                                                   "data.labels": str(TIBKAT / "labels.jsonl")},
+                                TIBKAT / "test.jsonl", TIBKAT / "train.jsonl", runs, TIBKAT_TEST)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def reuters(runs: Path, results: Path) -> None:
+    folder = results / "seq2set-reuters"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for model in MODELS:
+        rows[model] = train_and_evaluate("seq2set-reuters", {
+            "name": f"seq2set-reuters-{model}", "seq2set.model": model, "data.train": str(REUTERS / "train.jsonl"),
+            "data.labels": str(REUTERS / "labels.jsonl")}, REUTERS / "test.jsonl", REUTERS / "train.jsonl", runs)
+        (folder / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["# Seq2Set on Reuters-21578 ModApte test (3,019 articles, 90 topics)", "",
+             "Frozen MiniLM token states (64 tokens), GRU decoder (256), 8 epochs, 1 CPU thread; "
+             "`scripts/eval_seq2set.py --part reuters`.", "",
+             "| model | micro-F1 | macro-F1 | example-F1 | P@1 | P@3 | P@5 | set size (pred / gold) | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model, row in rows.items():
+        s, mm, z = row["set_metrics"], row["metrics"], row["set_sizes"]
+        lines.append(f"| {model} | {100 * s['micro_f1']:.2f} | {100 * s['macro_f1']:.2f} | {100 * s['example_f1']:.2f}"
+                     f" | {100 * mm['P@1']:.2f} | {100 * mm['P@3']:.2f} | {100 * mm['P@5']:.2f} | "
+                     f"{z['predicted_mean']:.2f} / {z['gold_mean']:.2f} | {row['summary']['train_seconds']} |")
+    lines += ["", "Set-size histograms (sizes 0..5, >=6): " + "; ".join(
+        f"{model} {row['set_sizes']['predicted_histogram']}" for model, row in rows.items())
+        + f"; gold {next(iter(rows.values()))['set_sizes']['gold_histogram']}"]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def extreme(runs: Path, results: Path) -> None:
+    folder = results / "seq2set-tibkat"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for variant in ("shortlist", "full"):
+        out = folder / f"{variant}.json"
+        subprocess.run([sys.executable, __file__, "--single", variant, "--runs", str(runs), "--out", str(out)],
+                       check=True)
+        rows[variant] = json.loads(out.read_text())
+    lines = ["# Seq2Set at 26,983 labels (TIBKAT -> GND): shortlist vs full softmax", "",
+             f"First 8,000 training records, 3 epochs, first {TIBKAT_TEST} test records, 1 CPU thread; each variant "
+             "in its own process (`scripts/eval_seq2set.py --part extreme`).", "",
+             "| variant | train s | steps/s | predict s | peak RSS MB | shortlist gold recall (train) | P@1 | P@5 | "
+             "micro-F1 | example-F1 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for variant, row in rows.items():
+        s, mm, summary = row["set_metrics"], row["metrics"], row["summary"]
+        recall = summary.get("shortlist_gold_recall")
+        lines.append(f"| {variant} | {summary['train_seconds']} | {summary['steps_per_second']} | "
+                     f"{row['timings']['search_s']:.1f} | {row['peak_rss_mb']:.0f} | "
+                     f"{'-' if recall is None else f'{100 * recall:.1f}%'} | {100 * mm['P@1']:.2f} | "
+                     f"{100 * mm['P@5']:.2f} | {100 * s['micro_f1']:.2f} | {100 * s['example_f1']:.2f} |")
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["reuters", "extreme", "all"], default="all")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs")
+    parser.add_argument("--results", type=Path, default=ROOT / "eval" / "results")
+    parser.add_argument("--single", choices=["shortlist", "full"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.single:
+        single(args.single, args.runs, args.out)
+        return
+    if args.part in ("reuters", "all"):
+        reuters(args.runs, args.results)
+    if args.part in ("extreme", "all"):
+        extreme(args.runs, args.results)
+
+
+if __name__ == "__main__":
+    main()
