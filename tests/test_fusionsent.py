@@ -196,7 +196,7 @@ def recipe_file(tmp_path: Path, model: str, **fusionsent) -> Path:
                  "validation": str(data / "validation.jsonl")},
         "encoder": model,
         "fusionsent": {"shots": 6, "max_pairs": 256, "batch_size": 16, "branch_predictors": True,
-                       "head": {"c": 10.0}, **fusionsent},
+                       "head": {"c": [10.0, 100.0]}, **fusionsent},
         "optimizer": {"lr": 1e-3, "warmup": 0.0, "clip_norm": None},
         "schedule": {"max_steps": 32},
         "checkpoint": {"every": 100, "keep": 1},

@@ -39,7 +39,8 @@ import torch
 
 from xmr.encoders import Encoder, load_encoder
 from xmr.evaluation import evaluate
-from xmr.fusionsent.head import fit_head, multi_hot, probabilities, tune_thresholds
+from xmr import metrics as m
+from xmr.fusionsent.head import fit_head, label_sets, multi_hot, probabilities, tune_thresholds
 from xmr.fusionsent.pairs import TextPairSampler, few_shot_rows, label_pair_count, label_pairs
 from xmr.fusionsent.predictor import ClassifierHead
 from xmr.fusionsent.slerp import slerp_state_dicts
@@ -57,7 +58,10 @@ BODIES = ("setfit", "label")  # the branches, and their folders under runs/NAME/
 class HeadSpec:
     """The multi-label head: logistic regression strength, threshold tuning, and the non-empty-set rule."""
 
-    c: float = 1.0  # inverse L2 strength of each label's logistic regression (scikit-learn's C)
+    # inverse L2 strengths (scikit-learn's C) tried; the one with the best validation micro-F1 is kept (the first
+    # one without validation). Few examples per label on unit-length embeddings need a weak penalty: at C = 1 the
+    # bias dominates and every article gets the most frequent topics (what setfit's default head does).
+    c: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0, 1000.0])
     threshold: Literal["global", "per-label"] = "global"  # tuned on validation for micro-F1 / each label's F1
     at_least_one: bool = True  # a query whose labels all fall below threshold gets its top label
 
@@ -116,8 +120,8 @@ class FusionSentTask(Task):
             problems.append("fusionsent.t: the SLERP factor is in [0, 1]")
         if spec.margin <= 0:
             problems.append("fusionsent.margin: must be positive")
-        if spec.head.c <= 0:
-            problems.append("fusionsent.head.c: must be positive")
+        if not spec.head.c or min(spec.head.c) <= 0:
+            problems.append("fusionsent.head.c: one or more positive values")
         schedule = sections.schedule
         if schedule.max_steps is not None and schedule.max_steps < 0:
             problems.append("schedule.max_steps: must be at least 0")
@@ -233,20 +237,30 @@ class FusionSentTask(Task):
 
     # ---- the head and the outputs ------------------------------------------------------------------------------
     def head(self, body: Encoder) -> ClassifierHead:
-        """``body`` frozen, a one-vs-rest logistic head on the training texts, thresholds tuned on validation."""
-        spec, started = self.spec.head, time.perf_counter()
+        """``body`` frozen, a one-vs-rest logistic head on the training texts for each ``head.c``; thresholds tuned
+        on the validation queries, and the ``c`` whose tuned head has the best validation micro-F1 kept."""
+        spec, started, n_labels = self.spec.head, time.perf_counter(), len(self.labels)
         body.train_mode(False)
-        weights, bias = fit_head(body.encode_queries(self.texts), multi_hot(self.positives, len(self.labels)),
-                                 c=spec.c, seed=self.context.recipe.seed)
-        thresholds, tuned_on = np.full(len(self.labels), 0.5, dtype=np.float32), None
-        if self.data.validation is not None:
-            held = TrainingPairs.from_instances(self.data.validation, self.labels)
-            probs = probabilities(body.encode_queries(held.queries), weights, bias)
-            thresholds = tune_thresholds(probs, multi_hot(held.positives, len(self.labels)), spec.threshold,
-                                         spec.at_least_one)
-            tuned_on = len(held)
-        info = {"fitted_on": len(self.texts), "c": spec.c, "threshold": spec.threshold,
-                "thresholds_tuned_on": tuned_on, "fit_seconds": round(time.perf_counter() - started, 1)}
+        features, targets = body.encode_queries(self.texts), multi_hot(self.positives, n_labels)
+        held = (TrainingPairs.from_instances(self.data.validation, self.labels)
+                if self.data.validation is not None else None)
+        held_features = body.encode_queries(held.queries) if held is not None else None
+        best: tuple[float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
+        for c in spec.c if held is not None else spec.c[:1]:
+            weights, bias = fit_head(features, targets, c=c, seed=self.context.recipe.seed)
+            thresholds, score = np.full(n_labels, 0.5, dtype=np.float32), float("nan")
+            if held is not None:
+                probs = probabilities(held_features, weights, bias)
+                truth = multi_hot(held.positives, n_labels)
+                thresholds = tune_thresholds(probs, truth, spec.threshold, spec.at_least_one)
+                chosen = label_sets(probs, thresholds, spec.at_least_one)
+                score = m.set_metrics(chosen, [np.flatnonzero(row) for row in truth])["micro_f1"]
+            if best is None or score > best[1]:
+                best = (c, score, weights, bias, thresholds)
+        c, score, weights, bias, thresholds = best
+        info = {"fitted_on": len(self.texts), "c": c, "validation_micro_f1": None if held is None else score,
+                "threshold": spec.threshold, "thresholds_tuned_on": None if held is None else len(held),
+                "fit_seconds": round(time.perf_counter() - started, 1)}
         return ClassifierHead(self.labels, body, weights, bias, thresholds, spec.at_least_one, info=info)
 
     def finish(self, best: dict[str, Any] | None) -> dict[str, Any]:
