@@ -248,3 +248,96 @@ def test_concurrent_writers_take_turns_and_the_last_one_wins(tmp_path):
     assert [writer.wait() for writer in writers] == [0, 0, 0, 0], [writer.stderr.read() for writer in writers]
     assert len(xmr.load_index(out)) in (20, 21, 22, 23)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["index"]
+
+
+# ---- the real `xmr build` killed at every step, alone and beside a concurrent writer -------------------------------
+BUILD = """
+import os, sys
+import xmr
+from xmr.cli import main
+from xmr.io import atomic
+point, labels, model, out = sys.argv[1:5]
+die = lambda *args, **kwargs: os._exit(9)
+
+def after(owner, name):  # run the original, then die: the step completed, the next one never starts
+    original = getattr(owner, name)
+    def run_then_die(*args, **kwargs):
+        original(*args, **kwargs)
+        os._exit(9)
+    setattr(owner, name, run_then_die)
+
+if point == "reading-catalogue":
+    read = xmr.LabelCatalogue.from_file.__func__
+    xmr.LabelCatalogue.from_file = classmethod(lambda cls, *a, **k: (read(cls, *a, **k), os._exit(9)))
+elif point == "encoding":
+    xmr.encoders.SentenceTransformerEncoder.encode_labels = die
+elif point == "writing-label-store":
+    import pyarrow.parquet as pq
+    write_table = pq.write_table
+    pq.write_table = lambda table, where, **k: (write_table(table.slice(0, 1), where, **k), os._exit(9))
+elif point == "writing-faiss":
+    from xmr.index.stages.faiss_dense import FaissDenseStage
+    FaissDenseStage.write = die
+elif point == "writing-manifest":
+    from xmr.index import folder
+    after(folder, "write_manifest")
+elif point == "before-swap":
+    atomic.swap_into_place = die
+elif point == "between-renames":
+    atomic.exchange = lambda first, second: False  # a system without atomic exchange: two renames
+    rename = os.rename
+    def first_rename_then_die(source, target):
+        rename(source, target)
+        if str(source) == out:
+            os._exit(9)
+    atomic.os.rename = first_rename_then_die
+elif point == "after-exchange":
+    atomic.shutil.rmtree = die
+sys.exit(main(["build", "--labels", labels, "--encoder", model, "--out", out]))
+"""
+BUILD_POINTS = ["reading-catalogue", "encoding", "writing-label-store", "writing-faiss", "writing-manifest",
+                "before-swap", "between-renames", "after-exchange"]
+
+
+def build_in_process(point: str, labels: Path, model: str, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", BUILD, point, str(labels), model, str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def catalogue_of(folder: Path, count: int) -> Path:
+    path = folder / f"labels-{count}.jsonl"
+    path.write_text("".join(json.dumps({"id": row, "text": f"label {row} data"}) + "\n" for row in range(count)))
+    return path
+
+
+def assert_one_clean_index(root: Path, out: Path, counts: set[int]) -> None:
+    index = xmr.load_index(out)  # the old or a new index, whole: checksums verified
+    assert len(index) in counts and len(index.search("label data", k=3).ids[0]) == 3
+    assert sorted(path.name for path in root.iterdir() if not path.name.startswith("labels-")) == ["index"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", BUILD_POINTS)
+def test_xmr_build_killed_at_each_step_leaves_the_old_or_the_new_index(point, tiny_model, tmp_path):
+    out = tmp_path / "index"
+    assert main(["build", "--labels", str(catalogue_of(tmp_path, 30)), "--encoder", tiny_model,
+                 "--out", str(out)]) == 0
+    killed = build_in_process(point, catalogue_of(tmp_path, 40), tiny_model, out)
+    assert killed.wait() == 9, killed.stderr.read()  # died at the injected step, not of something else
+    assert_one_clean_index(tmp_path, out, {40} if point == "after-exchange" else {30})
+    assert main(["build", "--labels", str(catalogue_of(tmp_path, 50)), "--encoder", tiny_model,
+                 "--out", str(out)]) == 0
+    assert_one_clean_index(tmp_path, out, {50})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["encoding", "writing-faiss", "before-swap", "after-exchange"])
+def test_a_writer_killed_beside_a_concurrent_one_loses_nothing_the_other_saved(point, tiny_model, tmp_path):
+    out = tmp_path / "index"
+    assert main(["build", "--labels", str(catalogue_of(tmp_path, 30)), "--encoder", tiny_model,
+                 "--out", str(out)]) == 0
+    killed = build_in_process(point, catalogue_of(tmp_path, 40), tiny_model, out)
+    survivor = build_in_process("none", catalogue_of(tmp_path, 50), tiny_model, out)
+    assert killed.wait() == 9 and survivor.wait() == 0, survivor.stderr.read()
+    # the completed save is there, unless the killed one had already swapped its own in after it
+    assert_one_clean_index(tmp_path, out, {40, 50} if point == "after-exchange" else {50})
