@@ -212,6 +212,16 @@ def zero_shot_p1(encoder, data: Path) -> float:
     return evaluate(index, data / "train.jsonl", ks=(1,))["metrics"]["P@1"]
 
 
+def pair_margin(encoder, data: Path) -> float:
+    """Mean cosine of training texts that share a label minus that of texts that share none (what body 1 learns)."""
+    instances = read_instances(data / "train.jsonl")
+    vectors = encoder.encode_queries(instances.texts)
+    shared = np.array([[bool(set(a) & set(b)) for b in instances.labels] for a in instances.labels])
+    cosines = vectors @ vectors.T
+    off_diagonal = ~np.eye(len(vectors), dtype=bool)
+    return float(cosines[shared & off_diagonal].mean() - cosines[~shared].mean())
+
+
 def test_fusionsent_trains_both_branches_fuses_and_writes_a_predictor(tiny_model, tmp_path):
     summary = train(load_recipe(recipe_file(tmp_path, tiny_model)), say=lambda message: None)
     run = tmp_path / "runs" / "fs"
@@ -221,8 +231,9 @@ def test_fusionsent_trains_both_branches_fuses_and_writes_a_predictor(tiny_model
     data = tmp_path / "data"
     label_body = xmr.load_encoder(run / "bodies" / "best" / "label")
     assert zero_shot_p1(label_body, data) > zero_shot_p1(xmr.load_encoder(tiny_model), data) + 0.2
-    fused = xmr.load_encoder(summary["encoder"])  # an ordinary encoder folder
     setfit = xmr.load_encoder(run / "bodies" / "best" / "setfit")
+    assert pair_margin(setfit, data) > pair_margin(xmr.load_encoder(tiny_model), data) + 0.1
+    fused = xmr.load_encoder(summary["encoder"])  # an ordinary encoder folder
     expected = slerp_state_dicts(setfit.model.state_dict(), label_body.model.state_dict(), 0.5)
     assert all(torch.allclose(fused.model.state_dict()[name], tensor, atol=1e-6) for name, tensor in expected.items())
     reports = {name: evaluate(xmr.load_predictor(path), data / "test.jsonl", ks=(1, 3))
@@ -242,3 +253,18 @@ def test_fusionsent_recipe_problems_are_named(tiny_model, tmp_path):
 def test_bundled_recipe_loads():
     recipe = load_recipe("fusionsent-reuters", {"fusionsent.shots": 8})
     assert recipe.method == "fusionsent" and recipe.section("fusionsent").shots == 8
+
+
+def test_validation_during_training_picks_the_best_bodies(tiny_model, tmp_path):
+    path = recipe_file(tmp_path, tiny_model, branch_predictors=False)
+    values = yaml.safe_load(path.read_text())
+    values["schedule"]["max_steps"], values["evaluation"] = 16, {"every": 8, "ks": [1], "metric": "P@1",
+                                                                  "before": True}
+    path.write_text(yaml.safe_dump(values))
+    summary = train(load_recipe(path), say=lambda message: None)
+    validations = [entry for entry in map(json.loads, (tmp_path / "runs" / "fs" / "log.jsonl").read_text()
+                                          .splitlines()) if "validation" in entry]
+    assert [entry["step"] for entry in validations] == [0, 8, 16]
+    assert {"micro_f1", "P@1"} <= set(validations[-1]["validation"])
+    best = max(validations, key=lambda entry: entry["validation"]["P@1"])
+    assert summary["best"]["step"] == best["step"] and "branches" not in summary
