@@ -1,0 +1,293 @@
+"""Evidence for PromptHash (issue 16), one command per part; results under eval/results/prompthash-*/ and
+eval/bench/prompthash-pypi/.
+
+    .venv/bin/python scripts/eval_prompthash.py --part coco      # trains prompthash-coco-mini unless its run exists
+    .venv/bin/python scripts/eval_prompthash.py --part reuters   # needs runs/hash-reuters (xmr train hash-reuters)
+    .venv/bin/python scripts/eval_prompthash.py --part esco      # needs runs/hash-esco (xmr train hash-esco)
+    .venv/bin/python scripts/eval_prompthash.py --part pypi      # codes of the first --n PyPI summaries
+
+coco: I->T and T->I mAP (whole ranking and @10) and precision within Hamming radius 2 on the 79 test images and
+their first captions, at 16/32/64 bits, before training (the run's initial weights), after training, random codes,
+and float retrieval with the same towers (cosine of the tower vectors, initial and trained); plus the run's index
+(the 80 category names as 64-bit codes) scored by ``xmr.evaluation.evaluate`` with and without float re-rank.
+reuters / esco: P@k, RP@10 of Hamming search with and without float re-rank, the untrained hash head, and the float
+MiniLM index; bytes per label and QPS (all test queries in one batch, best of 3). pypi: recall@10 against exact
+float search and QPS of the Reuters-trained hash head's codes (Hamming, + float re-rank, multi-index hashing), of
+sign random projections (LSH) and of the float recipes, on the MiniLM vectors ``scripts/bench_index.py`` caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from xmr.catalogue import LabelCatalogue  # noqa: E402
+from xmr.datasets import read_instances  # noqa: E402
+from xmr.encoders import load_encoder  # noqa: E402
+from xmr.evaluation import evaluate  # noqa: E402
+from xmr.index import build_index_from_embeddings, load_index  # noqa: E402
+from xmr.index.recipes import IndexRecipe  # noqa: E402
+from xmr.metrics import mean_average_precision  # noqa: E402
+from xmr.prompthash.codes import HashCodes  # noqa: E402
+from xmr.prompthash.metrics import hamming_map, multi_hot, precision_within_radius, relevance  # noqa: E402
+from xmr.representations import BinaryCodes  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "eval" / "results"
+BENCH = ROOT / "eval" / "bench"
+
+
+def write(folder: Path, metrics: dict, report: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (folder / "report.md").write_text(report)
+    print(report)
+
+
+def float_map(queries: np.ndarray, database: np.ndarray, query_labels: np.ndarray, database_labels: np.ndarray,
+              k: int | None = None) -> float:
+    """mAP of cosine ranking (same relevance and AP as :func:`hamming_map`)."""
+    depth = k or len(database)
+    order = np.argsort(-(queries @ database.T), axis=1, kind="stable")[:, :depth]
+    relevant = [np.flatnonzero(row) for row in relevance(query_labels, database_labels)]
+    return mean_average_precision(order, relevant, depth)
+
+
+def best_of(runs: int, call) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+# ---- COCO-mini ---------------------------------------------------------------------------------------------------
+def part_coco(args: argparse.Namespace) -> None:
+    from xmr.train import train
+    from xmr.train.recipe import load_recipe
+
+    run = ROOT / "runs" / "prompthash-coco-mini"
+    started = time.perf_counter()
+    if not (run / "summary.json").is_file():
+        os.chdir(ROOT)
+        train(load_recipe("prompthash-coco-mini"), restart=run.exists())
+    train_seconds = time.perf_counter() - started
+    labels = LabelCatalogue.from_file(DATA / "coco-mini" / "labels.jsonl")
+    test = read_instances(str(DATA / "coco-mini" / "test.jsonl"))
+    rows = multi_hot([[labels.position(label) for label in item] for item in test.labels], len(labels))
+    images = [{"images": list(images)} for images in test.images]
+    trained = load_encoder(run / "prompthash" / "best")
+    initial = load_encoder({**trained.config(), "model": None})
+    results: dict = {"test_images": len(images), "train_seconds": round(train_seconds, 1), "bits": {}}
+    rng = np.random.default_rng(0)
+    for bits in trained.net.config.bits:
+        entry = {}
+        for name, encoder in (("before training", initial), ("after training", trained)):
+            coder = encoder.with_bits(bits)
+            image_codes, text_codes = coder.encode(images, "query"), coder.encode(test.texts, "label")
+            entry[name] = cross_modal(image_codes, text_codes, rows)
+            if bits == trained.net.config.bits[-1]:
+                results[f"float, towers {name.split()[0]} training"] = {
+                    "I->T mAP": float_map(image_codes.floats, text_codes.floats, rows, rows),
+                    "T->I mAP": float_map(text_codes.floats, image_codes.floats, rows, rows),
+                    "I->T mAP@10": float_map(image_codes.floats, text_codes.floats, rows, rows, 10),
+                    "T->I mAP@10": float_map(text_codes.floats, image_codes.floats, rows, rows, 10)}
+        random_image = BinaryCodes.from_signs(rng.normal(size=(len(images), bits)))
+        random_text = BinaryCodes.from_signs(rng.normal(size=(len(images), bits)))
+        entry["random codes"] = cross_modal(random_image, random_text, rows)
+        results["bits"][bits] = entry
+    index = load_index(run / "index")
+    results["category index (64 bits, 80 names)"] = {
+        f"{modality}, {mode}": {key: value for key, value in evaluate(index, test, ks=[1, 3, 5], modality=modality,
+                                                                        **knobs)["metrics"].items()
+                                if key in ("P@1", "P@3", "P@5")}
+        for modality in ("image", "text", "all")
+        for mode, knobs in (("hamming", {"rerank": 0}), ("+ float re-rank", {}))}
+    lines = ["# PromptHash on COCO-mini (tiny random open_clip towers: mechanism, not a benchmark)", "",
+             f"79 test images with their first captions; relevance = sharing a COCO category. Training: "
+             f"`xmr train prompthash-coco-mini` ({results['train_seconds']} s here, 0 if the run existed).", "",
+             "| bits | codes | I->T mAP | T->I mAP | I->T mAP@10 | T->I mAP@10 | I->T P(H<=2) | T->I P(H<=2) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for bits, entry in results["bits"].items():
+        for name, values in entry.items():
+            lines.append(f"| {bits} | {name} | " + " | ".join(f"{100 * values[key]:.2f}" for key in (
+                "I->T mAP", "T->I mAP", "I->T mAP@10", "T->I mAP@10", "I->T P(H<=2)", "T->I P(H<=2)")) + " |")
+    lines += ["", "| float retrieval (cosine of tower vectors) | I->T mAP | T->I mAP | I->T mAP@10 | T->I mAP@10 |",
+              "|---|---|---|---|---|"]
+    for name in ("float, towers before training", "float, towers after training"):
+        values = results[name]
+        lines.append(f"| {name} | " + " | ".join(f"{100 * values[key]:.2f}" for key in (
+            "I->T mAP", "T->I mAP", "I->T mAP@10", "T->I mAP@10")) + " |")
+    lines += ["", "Category retrieval through the run's index (`xmr eval runs/prompthash-coco-mini/index --test "
+              "../shared/data/coco-mini/test.jsonl --modality M`):", "", "| query | P@1 | P@3 | P@5 |",
+              "|---|---|---|---|"]
+    for name, values in results["category index (64 bits, 80 names)"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * values[k]:.2f}" for k in ("P@1", "P@3", "P@5")) + " |")
+    write(RESULTS / "prompthash-coco-mini", results, "\n".join(lines) + "\n")
+
+
+def cross_modal(image: BinaryCodes, text: BinaryCodes, rows: np.ndarray) -> dict[str, float]:
+    out = {}
+    for name, queries, database in (("I->T", image, text), ("T->I", text, image)):
+        out[f"{name} mAP"] = hamming_map(queries=queries, database=database, query_labels=rows, database_labels=rows)
+        out[f"{name} mAP@10"] = hamming_map(queries=queries, database=database, query_labels=rows,
+                                            database_labels=rows, k=10)
+        out[f"{name} P(H<=2)"] = precision_within_radius(queries=queries, database=database, query_labels=rows,
+                                                         database_labels=rows)["precision"]
+    return out
+
+
+# ---- text-only: Reuters and ESCO ------------------------------------------------------------------------------------
+TEXT_PARTS = {
+    "reuters": ("hash-reuters", DATA / "reuters21578-modapte", [1, 3, 5, 10], ["P@1", "P@3", "P@5", "RP@10"], None),
+    "esco": ("hash-esco", DATA / "esco-skill-extraction", [1, 5, 10], ["P@1", "RP@5", "RP@10"], "subset"),
+}
+
+
+def part_text(name: str) -> None:
+    run_name, data, ks, shown, group = TEXT_PARTS[name]
+    run = ROOT / "runs" / run_name
+    encoder = load_encoder(run / "prompthash" / "best")
+    labels = LabelCatalogue.from_file(data / "labels.jsonl")
+    test = read_instances(str(data / "test.jsonl"))
+    towers = encoder.towers
+    query_floats = torch.from_numpy(towers.encode(test.texts, "query"))
+    label_floats = towers.encode(labels.texts, "label")
+    queries = encoder.from_features(list(query_floats), [None] * len(query_floats))
+    index = load_index(run / "index")
+    float_index = build_index_from_embeddings(labels, label_floats, None, encoder=towers.encoder)
+    initial = load_encoder({**encoder.config(), "model": None})
+    initial_index = build_index_from_embeddings(
+        labels, initial.from_features([None] * len(labels), list(torch.from_numpy(label_floats))), None,
+        encoder=initial, recipe=IndexRecipe("untrained", "BFlat"))
+    initial_queries = initial.from_features(list(query_floats), [None] * len(query_floats))
+    rows = {}
+    depth = index.rerankers[0].depth if index.rerankers else 0
+    for label, predictor, vectors, knobs in (
+            (f"{encoder.bits}-bit Hamming (BFlat), untrained head", initial_index, initial_queries, {}),
+            (f"{encoder.bits}-bit Hamming (BFlat), trained head", index, queries, {"rerank": 0}),
+            (f"{encoder.bits}-bit Hamming + float re-rank of top {depth}", index, queries, {}),
+            ("float MiniLM (Flat, inner product)", float_index, query_floats.numpy(), {})):
+        report = evaluate(predictor, test, ks=ks, query_vectors=vectors, group_by=group, **knobs)
+        seconds = best_of(3, lambda p=predictor, v=vectors, kn=knobs: p.search_embeddings(v, k=max(ks), **kn))
+        entry = {key: report["metrics"][key] for key in shown}
+        entry["qps"] = len(test) / seconds
+        if group:
+            entry["groups"] = {g: {key: values[key] for key in shown if key in values}
+                               for g, values in report.get("groups", {}).items()}
+        rows[label] = entry
+    code_bytes, float_bytes = encoder.bits // 8, towers.features * 4
+    results = {"test_queries": len(test), "labels": len(labels), "bytes_per_label_codes": code_bytes,
+               "bytes_per_label_floats": float_bytes, "bytes_per_label_codes_plus_rerank_floats":
+               code_bytes + float_bytes, "runs": rows}
+    lines = [f"# Text-only PromptHash hashing on {name} (hash head on the frozen bundled MiniLM)", "",
+             f"{len(test)} test queries, {len(labels)} labels. Hash codes: {code_bytes} bytes per label "
+             f"(+ 8-byte id in FAISS) vs {float_bytes} bytes of float32 ({float_bytes // code_bytes}x); the float "
+             "re-rank reads the stored float vectors (memory-mapped) for the candidates only.", "",
+             "| search | " + " | ".join(shown) + " | QPS |", "|---|" + "---|" * (len(shown) + 1)]
+    for label, entry in rows.items():
+        lines.append(f"| {label} | " + " | ".join(f"{100 * entry[key]:.2f}" for key in shown)
+                     + f" | {entry['qps']:.0f} |")
+    if group:
+        lines += ["", "Per subset (RP@10):", ""]
+        for label, entry in rows.items():
+            lines.append(f"- {label}: " + ", ".join(f"{g} {100 * v.get('RP@10', float('nan')):.2f}"
+                                                  for g, v in entry["groups"].items()))
+    lines += ["", f"Training: `xmr train {run_name}` (runs/{run_name}); QPS: all test queries in one batch, best of "
+              "3, precomputed query vectors/codes, 2 shared CPU cores (loaded by other jobs)."]
+    write(RESULTS / f"prompthash-{name}", results, "\n".join(lines) + "\n")
+
+
+# ---- PyPI summaries ----------------------------------------------------------------------------------------------
+def part_pypi(args: argparse.Namespace) -> None:
+    import faiss
+
+    cache = Path.home() / ".cache" / "xmr" / "bench-index" / "pypi-minilm"
+    chunks = sorted(cache.glob("labels-*.npy"))
+    labels = np.concatenate([np.load(path, mmap_mode="r") for path in chunks])[:args.n].astype(np.float32)
+    queries = np.load(cache / "queries.npy").astype(np.float32)
+    n, k = len(labels), 10
+    catalogue = LabelCatalogue.from_records([{"id": i, "text": f"summary {i}"} for i in range(n)])
+    exact = faiss.IndexFlatIP(labels.shape[1])
+    exact.add(labels)
+    truth = exact.search(queries, k)[1]
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found[:, :k], truth, strict=True)]))
+
+    head = load_encoder(ROOT / "runs" / "hash-reuters" / "prompthash" / "best")
+    label_t, query_t = torch.from_numpy(labels), torch.from_numpy(queries)
+    trained_labels = HashCodes.concat([head.from_features([None] * len(part), list(part))
+                                       for part in label_t.split(4096)])
+    trained_queries = head.from_features(list(query_t), [None] * len(query_t))
+    rotation = np.random.default_rng(0).normal(size=(labels.shape[1], head.bits)).astype(np.float32)
+    lsh_labels = HashCodes(BinaryCodes.from_signs(labels @ rotation).codes, head.bits, labels)
+    lsh_queries = HashCodes(BinaryCodes.from_signs(queries @ rotation).codes, head.bits, queries)
+    work = BENCH / "prompthash-pypi"
+    rows = []
+
+    def measure(system: str, built, vectors, knobs: dict, folder_files: tuple[str, ...]) -> None:
+        found = built.search_embeddings(vectors, k=k, **knobs).rows
+        seconds = best_of(3, lambda: built.search_embeddings(vectors, k=k, **knobs))
+        stage_bytes = sum(os.path.getsize(built.path / name) for name in folder_files) if built.path else 0
+        rows.append({"system": system, "knobs": knobs, "recall_at_10": recall(found), "qps": len(vectors) / seconds,
+                     "resident_bytes_per_label": stage_bytes / n})
+        print(rows[-1], flush=True)
+
+    scratch = Path("/tmp") / "prompthash-pypi-indexes"
+    for name, codes, query_codes in (("PromptHash head (trained on Reuters)", trained_labels, trained_queries),
+                                     ("sign random projection (LSH)", lsh_labels, lsh_queries)):
+        for factory in ("BFlat", "BHash4x16"):
+            built = build_index_from_embeddings(catalogue, codes, scratch / f"{factory}-{len(rows)}",
+                                                recipe=IndexRecipe("bench", factory, rerank=100))
+            measure(f"{name}, {factory}, Hamming only", built, query_codes, {"rerank": 0}, ("index.binary.faiss",))
+            for depth in (100, 1000):
+                measure(f"{name}, {factory} + float re-rank {depth}", built, query_codes, {"rerank": depth},
+                        ("index.binary.faiss",))
+    for factory, knobs in (("Flat", {}), ("HNSW32", {"efSearch": 64})):
+        built = build_index_from_embeddings(catalogue, labels, scratch / factory, factory=factory, normalized=True)
+        measure(f"float MiniLM {factory}", built, queries, knobs, ("index.faiss",))
+    lines = [f"# Hash codes for the PyPI-summary catalogue (first {n:,} of the benchmark's rows, 2,000 queries)", "",
+             f"{head.bits}-bit codes; recall@10 against exact float search (IndexFlatIP on the same MiniLM vectors); "
+             "QPS: 2,000 queries in one batch, best of 3, 2 shared CPU cores. Resident bytes per label: the index "
+             "file (codes + ids, + links for HNSW); the float re-rank reads the memory-mapped float32 vectors "
+             "(1,536 bytes per label on disk) for the candidates only.", "",
+             "| system | recall@10 | QPS | resident bytes / label |", "|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['system']} | {100 * row['recall_at_10']:.1f} | {row['qps']:.0f} | "
+                     f"{row['resident_bytes_per_label']:.0f} |")
+    lines += ["", "The Reuters-trained head was trained for topic relevance, not for neighbour preservation on PyPI "
+              "summaries: recall against exact float search measures how well it keeps MiniLM's neighbourhoods."]
+    write(work, {"n": n, "queries": len(queries), "bits": head.bits, "rows": rows}, "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["coco", "reuters", "esco", "pypi"], required=True)
+    parser.add_argument("--n", type=int, default=200_000, help="pypi: catalogue rows (as many as are cached)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.part == "coco":
+        part_coco(args)
+    elif args.part == "pypi":
+        part_pypi(args)
+    else:
+        part_text(args.part)
+
+
+if __name__ == "__main__":
+    main()

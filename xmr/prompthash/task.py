@@ -1,0 +1,244 @@
+"""Task ``prompthash``: trains a :class:`~xmr.prompthash.encoder.PromptHashEncoder` through the shared loop
+(reference ``train_asym.py``: ``train_epoch``, ``compute_loss``, the per-epoch ``bbuf`` refresh).
+
+A training item is a pair of views with labels. Image data (records with an image): the image and its text (the
+caption). Text-only data: the query text in the image slot and, as its "caption", the name of one of its labels
+(drawn per epoch from the seed), so that catalogue labels, encoded alone through the text slot, are what queries
+are trained to meet. Every item also has its affinity prompt built from all its label names. Per batch: the
+towers' features (open_clip blocks that are unfrozen get gradients; frozen text towers are encoded once), the
+hash net with partners dropped at ``partner_dropout``, the memory banks updated with the batch's codes, then the
+losses of :mod:`xmr.prompthash.losses`; ``B = sign(F + G)`` is refreshed at every epoch boundary. Parameter
+groups follow the reference: towers' unfrozen blocks at ``tower_lr`` (its ``clip_lr * 10``), the fusion at
+``fusion_lr`` (``lr * 0.1``), the rest of the hash net and the prompt context at ``lr``.
+
+Outputs: ``runs/NAME/prompthash/{best,last}`` (encoder folders) and ``runs/NAME/index``: the catalogue's labels
+hashed at ``hash_index.bits`` in a ``faiss-binary`` index (manifest representation: binary, hamming, bits), with
+the ``hamming-float`` re-rank when ``hash_index.rerank > 0``; ``xmr eval`` scores it like any index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from xmr.encoders import load_encoder
+from xmr.errors import XMRError
+from xmr.evaluation import evaluate
+from xmr.index import build_index, build_index_from_embeddings
+from xmr.index.recipes import IndexRecipe
+from xmr.io.atomic import write_folder_atomically
+from xmr.prompthash.encoder import PromptHashEncoder, item_parts
+from xmr.prompthash.losses import LossWeights, MemoryBank, prompthash_loss
+from xmr.prompthash.metrics import multi_hot
+from xmr.prompthash.towers import ClipTowers, prompt_text
+from xmr.train.batches import random_plan
+from xmr.train.recipe import DataSpec
+from xmr.train.tasks import register_task
+from xmr.train.tasks.base import LoopSettings, ParameterGroup, Task, TaskContext
+
+
+@dataclass
+class PromptHashSpec:
+    """The ``prompthash`` section: towers, code lengths, training budget and the loss weights."""
+
+    towers: dict[str, Any] = field(default_factory=lambda: {"kind": "open_clip", "model": "prompthash-tiny-clip",
+                                                            "unfreeze_last": 2})
+    bits: list[int] = field(default_factory=lambda: [16, 32, 64])
+    auxiliary_bits: int = 256
+    mlp_layers: int = 2
+    dropout: float = 0.5
+    partner_dropout: float = 0.5  # a pair's partner replaced by the absent token (single-modality codes)
+    prompt: bool = True  # the affinity prompt and its local alignment
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-3  # hash net and prompt context (reference --lr)
+    fusion_lr: float = 2e-4  # reference: lr * 0.1
+    tower_lr: float = 1e-5  # unfrozen tower blocks (reference: clip_lr * 10)
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    validate_every_epochs: int = 1
+    loss: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass
+class HashIndexSpec:
+    """``runs/NAME/index``: which code length, the binary factory, its search knobs, float re-rank depth."""
+
+    bits: int = 64
+    factory: str = "BFlat"
+    search: dict[str, int] = field(default_factory=dict)
+    rerank: int = 0
+
+
+@dataclass
+class PromptHashSections:
+    data: DataSpec
+    prompthash: PromptHashSpec = field(default_factory=PromptHashSpec)
+    hash_index: HashIndexSpec = field(default_factory=HashIndexSpec)
+
+
+@register_task("prompthash")
+class PromptHashTask(Task):
+    """PromptHash training (see the module docstring)."""
+
+    sections = PromptHashSections
+    distributed = False
+
+    @classmethod
+    def check(cls, sections: PromptHashSections) -> list[str]:
+        spec, problems = sections.prompthash, []
+        if sections.hash_index.bits not in spec.bits:
+            problems.append(f"hash_index.bits: {sections.hash_index.bits} is not one of prompthash.bits {spec.bits}")
+        problems += [f"prompthash.bits: {b} is not a positive multiple of 8" for b in [*spec.bits, spec.auxiliary_bits]
+                     if b < 8 or b % 8]
+        problems += [f"prompthash.{name}: must be at least 1" for name in ("epochs", "batch_size",
+                                                                          "validate_every_epochs")
+                     if getattr(spec, name) < 1]
+        problems += [f"prompthash.{name}: must be at least 0" for name in ("lr", "fusion_lr", "tower_lr",
+                                                                          "weight_decay")
+                     if getattr(spec, name) < 0]
+        if not 0 <= spec.partner_dropout < 1:
+            problems.append("prompthash.partner_dropout: a probability in [0, 1)")
+        if spec.towers.get("kind") not in ("open_clip", "sentence-transformers"):
+            problems.append("prompthash.towers.kind: open_clip or sentence-transformers")
+        if sections.hash_index.rerank < 0:
+            problems.append("hash_index.rerank: must be at least 0")
+        return problems
+
+    def __init__(self, context: TaskContext) -> None:
+        super().__init__(context)
+        self.spec: PromptHashSpec = context.sections.prompthash
+        spec, seed = self.spec, context.recipe.seed
+        data = context.data()
+        self.data, self.labels, pairs = data, data.labels, data.pairs
+        self.encoder = PromptHashEncoder(spec.towers, {"bits": spec.bits, "auxiliary_bits": spec.auxiliary_bits,
+                                                       "mlp_layers": spec.mlp_layers, "dropout": spec.dropout},
+                                         bits=context.sections.hash_index.bits, seed=seed)
+        self.towers = self.encoder.towers
+        self.clip = isinstance(self.towers, ClipTowers)
+        self.positives = pairs.positives
+        self.targets = torch.from_numpy(multi_hot(pairs.positives, len(self.labels)))
+        parts = [item_parts(item) for item in pairs.queries]
+        names = self.labels.texts
+        prompts = [prompt_text(self.towers.prompt_template, [names[r] for r in rows]) for rows in pairs.positives]
+        self.prompts = prompts
+        if self.clip:
+            missing = [row for row, (path, text) in enumerate(parts) if path is None or text is None]
+            if missing:
+                raise XMRError(f"{context.sections.data.train}: open_clip towers train on image + text pairs; "
+                               f"training item {missing[0]} lacks one ({str(pairs.queries[missing[0]])[:80]})")
+            self.pixels = self.towers.pixels([path for path, _ in parts])
+            self.captions = self.towers.tokens([text for _, text in parts])
+            self.prompt_tokens = self.towers.tokens(prompts)
+        else:
+            context.say(f"prompthash: encoding {len(parts)} training queries and {len(self.labels)} labels once with "
+                        "the frozen text tower")
+            self.query_features = torch.from_numpy(self.towers.encode([text for _, text in parts], "query"))
+            self.label_features = torch.from_numpy(self.towers.encode(list(names), "label"))
+        self.bank = MemoryBank(len(pairs), [*spec.bits, spec.auxiliary_bits], seed)
+        self.plan: list[np.ndarray] = []
+        self.caption_rows = np.zeros(len(pairs), dtype=np.int64)  # text-only: the label that is each item's caption
+        self.last_terms: dict[str, float] = {}
+        self.encoder.train_mode(True)
+        context.say(f"prompthash: {len(pairs)} items, {len(self.labels)} labels, codes {spec.bits} + "
+                    f"{spec.auxiliary_bits}, towers {self.towers.kind}")
+
+    # ---- what the loop drives --------------------------------------------------------------------------------
+    def settings(self) -> LoopSettings:
+        spec = self.spec
+        batches = math.ceil(len(self.positives) / spec.batch_size)
+        validating = self.data.validation is not None
+        return LoopSettings(batches, max_steps=spec.epochs * batches, weight_decay=spec.weight_decay,
+                            warmup=spec.warmup, lr_schedule="linear", clip_norm=1.0, precision="fp32",
+                            validate_every=batches * spec.validate_every_epochs if validating else None,
+                            validate_before=validating, validate_at_end=validating)
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        net = self.encoder.net
+        fusion = list(net.fusion.parameters())
+        fusion_ids = {id(p) for p in fusion}
+        head = [p for p in net.parameters() if id(p) not in fusion_ids] + [self.towers.ctx]
+        groups = [ParameterGroup("hash", head, self.spec.lr), ParameterGroup("fusion", fusion, self.spec.fusion_lr)]
+        tower = self.towers.trainable_tower_parameters()
+        if tower:
+            groups.append(ParameterGroup("towers", tower, self.spec.tower_lr))
+        return groups
+
+    def begin_epoch(self, epoch: int) -> int:
+        seed = self.context.recipe.seed
+        if epoch > 0:
+            self.bank.refresh()  # B = sign(F + G) from the codes the last epoch wrote
+        rng = np.random.default_rng([seed, epoch, 11])
+        self.caption_rows = np.array([rows[rng.integers(len(rows))] for rows in self.positives], dtype=np.int64)
+        self.plan = random_plan(len(self.positives), self.spec.batch_size, seed, epoch)
+        return len(self.plan)
+
+    def forward(self, position: int, rng: np.random.Generator) -> Any:
+        rows = self.plan[position]
+        index = torch.from_numpy(rows)
+        if self.clip:
+            image = self.towers.image(self.pixels[index])
+            text = self.towers.text(self.captions[index])
+            prompt = self.towers.prompt(self.prompt_tokens[index]) if self.spec.prompt else None
+        else:
+            image = self.query_features[index]
+            text = self.label_features[torch.from_numpy(self.caption_rows[rows])]
+            prompt = self.towers.prompt(self.towers.tokens([self.prompts[row] for row in rows])) \
+                if self.spec.prompt else None
+        p = self.spec.partner_dropout
+        drop_image = torch.from_numpy(rng.random(len(rows)) < p)
+        drop_text = torch.from_numpy(rng.random(len(rows)) < p)
+        output = self.encoder.net(image, text, prompt, drop_image, drop_text)
+        self.bank.update(index, output)  # the reference writes the batch's codes before the loss
+        return output, index
+
+    def loss(self, output: Any) -> torch.Tensor:
+        result, index = output
+        terms = prompthash_loss(result, index, self.targets, self.targets[index], self.bank, self.spec.bits,
+                                self.spec.auxiliary_bits, self.spec.loss)
+        self.last_terms = {name: float(value.detach()) for name, value in terms.items()}
+        return sum(terms.values())
+
+    def validate(self) -> dict[str, float] | None:
+        """``evaluate`` of the validation queries against the labels hashed at ``hash_index.bits`` (Hamming only)."""
+        if self.data.validation is None:
+            return None
+        self.encoder.train_mode(False)
+        try:
+            codes = self.encoder.encode(self.labels.items(), "label")
+            index = build_index_from_embeddings(self.labels, codes, None, encoder=self.encoder, factory="BFlat")
+            report = evaluate(index, self.data.validation, ks=self.context.recipe.evaluation.ks,
+                              train=self.data.train)
+        finally:
+            self.encoder.train_mode(True)
+        return report["metrics"]
+
+    def save(self, which: str) -> None:
+        """``runs/NAME/prompthash/{best,last}``: encoder folders ``load_encoder`` opens."""
+        write_folder_atomically(self.context.run / "prompthash" / which, self.encoder.save)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"plan": np.concatenate(self.plan), "plan_sizes": np.array([len(batch) for batch in self.plan]),
+                "caption_rows": self.caption_rows, **self.bank.arrays()}
+
+    def restore(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        self.plan = np.split(arrays["plan"], np.cumsum(arrays["plan_sizes"])[:-1])
+        self.caption_rows = np.array(arrays["caption_rows"])
+        self.bank.restore(arrays)
+
+    def finish(self, best: dict[str, Any] | None) -> dict[str, Any]:
+        """``runs/NAME/index`` of the best (else last) encoder's label codes."""
+        run, spec = self.context.run, self.context.sections.hash_index
+        folder = run / "prompthash" / ("best" if (run / "prompthash" / "best").is_dir() else "last")
+        encoder = load_encoder(folder)
+        recipe = IndexRecipe("prompthash", spec.factory, search=dict(spec.search), rerank=spec.rerank,
+                             reason=f"{spec.bits}-bit PromptHash codes")
+        out = run / "index"
+        build_index(self.labels, encoder, out, recipe=recipe)
+        self.context.say(f"prompthash: {spec.bits}-bit codes of {len(self.labels)} labels in {out} "
+                         f"({spec.factory}{', float re-rank ' + str(spec.rerank) if spec.rerank else ''})")
+        return {"encoder": str(folder), "index": str(out), "last_loss_terms": self.last_terms}
