@@ -30,11 +30,13 @@ LABELS = [{"id": 1, "text": "python developer"}, {"id": 2, "text": "forklift dri
           {"id": 3, "text": "music teacher"}, {"id": 4, "text": "kitchen cook"}]
 
 
-def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
-    """Path -> content digest (or link target / 'dir') of everything under ``root`` except ``skip``."""
+def snapshot(root: Path, skip: Path | tuple[Path, ...] = ()) -> dict[str, str]:
+    """Path -> content digest (or link target / 'dir') of everything under ``root`` except ``skip`` (the paths a
+    command may write: its --out, a run folder and its lock)."""
+    skips = (skip,) if isinstance(skip, Path) else skip
     state = {}
     for path in sorted(root.rglob("*")):
-        if skip is not None and (path == skip or skip in path.parents):
+        if any(path == place or place in path.parents for place in skips):
             continue
         name = str(path.relative_to(root))
         if path.is_symlink():
@@ -46,7 +48,7 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, str]:
     return state
 
 
-def run_cli(argv: list[str], root: Path, capsys, out: Path | None = None) -> tuple[int, str, str]:
+def run_cli(argv: list[str], root: Path, capsys, out: Path | tuple[Path, ...] = ()) -> tuple[int, str, str]:
     """``xmr argv`` in-process; asserts that nothing under ``root`` but ``out`` changed."""
     capsys.readouterr()
     before = snapshot(root, out)
@@ -517,3 +519,38 @@ def test_eval_accepts_good_input_and_writes_only_its_out(built, tmp_path, capsys
     result = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert result["true_labels_missing_from_index"] == 1  # one label occurrence
     assert result["metrics"]["R@4"] == pytest.approx(0.75)  # top-4 of 4 labels: all found but 99 (q1 1/2, q2 2/2)
+
+
+# ---------------------------------------------------------------------------------------------------- training data
+TRAINING_DATA_CASES = [
+    ("bad-line", '{"text": "python code", "labels": [1]}\n{"text": 5}\n', r"train.jsonl:2: field 'text'"),
+    ("no-known-label", '{"text": "python code", "labels": [77]}\n', r"no training query has a label from"),
+    ("not-utf8", b'{"text": "python code", "labels": [1]}\n{"text": "caf\xe9", "labels": [2]}\n',
+     r"train.jsonl:2: not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), TRAINING_DATA_CASES, ids=[c[0] for c in TRAINING_DATA_CASES])
+def test_bad_training_data_leaves_no_run_behind(name, content, message, recipe_folder, tiny_model, capsys):
+    """Refused while reading its data: the run folder this command made is gone, so the same command runs again
+    once the data is fixed (no 'already exists, use --resume')."""
+    path = recipe_folder / "train.jsonl"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    (recipe_folder / "recipe.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(BASE_RECIPE).replace(
+        "TINY", tiny_model))))
+    (recipe_folder / "runs" / "other").mkdir(parents=True)  # someone else's run is never touched
+    (recipe_folder / "runs" / "other" / "recipe.json").write_text("{}")
+    runs = recipe_folder / "runs"
+    assert_refused(run_cli(["train", str(recipe_folder / "recipe.yaml")], recipe_folder, capsys,
+                           (runs / "fuzz", runs / ".fuzz.lock")), message)
+    assert sorted(p.name for p in (recipe_folder / "runs").iterdir() if not p.name.startswith(".")) == ["other"]
+
+
+def test_a_run_folder_that_exists_is_refused_and_kept(recipe_folder, tiny_model, capsys):
+    (recipe_folder / "recipe.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(BASE_RECIPE).replace(
+        "TINY", tiny_model))))
+    (recipe_folder / "runs" / "fuzz").mkdir(parents=True)
+    (recipe_folder / "runs" / "fuzz" / "notes.txt").write_text("mine")
+    assert_refused(run_cli(["train", str(recipe_folder / "recipe.yaml")], recipe_folder, capsys,
+                           recipe_folder / "runs" / ".fuzz.lock"),
+                   r"runs/fuzz already exists: continue it with --resume or start over with --restart")

@@ -43,6 +43,8 @@ def train(recipe: Recipe | str | Path, resume: bool = False, restart: bool = Fal
     say = say if processes.main else (lambda message: None)
     run = recipe.run_folder
     lock = lock_run_folder(run) if processes.main else None
+    # a folder this call makes (or remakes with --restart); only such a folder is removed again on a refusal
+    fresh = not resume and (restart or not (run.exists() and any(run.iterdir())))
     try:
         _prepare_folder(recipe, processes, resume, restart)
         log, loaded, inputs, stages = MetricsLog(run), {}, {}, {}
@@ -66,9 +68,19 @@ def train(recipe: Recipe | str | Path, resume: bool = False, restart: bool = Fal
             (run / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
             log.plot(recipe.evaluation.metric)
         return summary
+    except XMRError:
+        if fresh and processes.main and _holds_nothing_trained(run):
+            shutil.rmtree(run, ignore_errors=True)  # refused before any step: the same command may simply run again
+        raise
     finally:
         if lock is not None:
             lock.close()
+
+
+def _holds_nothing_trained(run: Path) -> bool:
+    """True when a run folder has no checkpoint and no finished task (a run refused while it read its data)."""
+    checkpoints = run / "checkpoints"
+    return not (run / STAGES).exists() and not (checkpoints.exists() and any(checkpoints.rglob("*")))
 
 
 def _run_task(recipe: Recipe, name: str, processes: distributed.Processes, log: MetricsLog,
