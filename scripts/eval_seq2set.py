@@ -7,6 +7,11 @@ model overridden) on the same frozen MiniLM token states, scored by ``xmr.evalua
 articles: P@k from the ranked lists, micro/macro/example F1 from the predicted sets, set sizes predicted vs gold.
 Writes ``eval/results/seq2set-reuters/``.
 
+``--part scaling``: one OTSeq2Set training step (batch 32, T = 8, 384-d label table, random token states) at
+27k / 100k / 300k labels, full softmax vs a 256-label shortlist, each in its own process: step time and the peak
+memory the steps add on top of the network and its optimiser state (which are O(L d) either way). Writes
+``eval/results/seq2set-scaling/``.
+
 ``--part extreme``: ``seq2set-tibkat`` (26,983 GND labels) shortlisted (top-256 from an xmr index) against the
 paper's full softmax, each trained and evaluated in its own process so that its peak RSS is its own; time per
 training step, prediction time, peak memory, P@k and F1 on the first 1,000 test records. Writes
@@ -93,7 +98,7 @@ def reuters(runs: Path, results: Path) -> None:
             "data.labels": str(REUTERS / "labels.jsonl")}, REUTERS / "test.jsonl", REUTERS / "train.jsonl", runs)
         (folder / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Seq2Set on Reuters-21578 ModApte test (3,019 articles, 90 topics)", "",
-             "Frozen MiniLM token states (64 tokens), GRU decoder (256), 8 epochs, 1 CPU thread; "
+             "Frozen MiniLM token states (32 tokens), GRU decoder (256), 5 epochs, 1 CPU thread; "
              "`scripts/eval_seq2set.py --part reuters`.", "",
              "| model | micro-F1 | macro-F1 | example-F1 | P@1 | P@3 | P@5 | set size (pred / gold) | train s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -119,8 +124,8 @@ def extreme(runs: Path, results: Path) -> None:
                        check=True)
         rows[variant] = json.loads(out.read_text())
     lines = ["# Seq2Set at 26,983 labels (TIBKAT -> GND): shortlist vs full softmax", "",
-             f"First 8,000 training records, 3 epochs, first {TIBKAT_TEST} test records, 1 CPU thread; each variant "
-             "in its own process (`scripts/eval_seq2set.py --part extreme`).", "",
+             f"First 6,000 training records, 32 tokens, 3 epochs, first {TIBKAT_TEST} test records, 1 CPU thread; "
+             "each variant in its own process (`scripts/eval_seq2set.py --part extreme`).", "",
              "| variant | train s | steps/s | predict s | peak RSS MB | shortlist gold recall (train) | P@1 | P@5 | "
              "micro-F1 | example-F1 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for variant, row in rows.items():
@@ -134,22 +139,93 @@ def extreme(runs: Path, results: Path) -> None:
     print("\n".join(lines))
 
 
+def scaling_single(labels: int, shortlist: int, out: Path, steps: int = 3) -> None:
+    """Train steps of the real network and loss on random inputs; RSS before the first step vs the peak after."""
+    from xmr.seq2set.losses import OTSeq2SetLoss
+    from xmr.seq2set.model import Seq2SetNet
+    from xmr.seq2set.task import gold_columns
+
+    torch.manual_seed(0)
+    batch, tokens, dim, decoder_steps = 32, 32, 384, 8
+    net = Seq2SetNet(labels, dim, dim, hidden=256)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    loss_function = OTSeq2SetLoss()
+    generator = np.random.default_rng(0)
+    golds = [generator.choice(labels, size=generator.integers(1, 4), replace=False) for _ in range(batch)]
+    source, mask = torch.randn(batch, tokens, dim), torch.ones(batch, tokens, dtype=torch.bool)
+    short = None
+    if shortlist:
+        rows = np.stack([np.concatenate([gold, generator.choice(labels, size=shortlist - len(gold), replace=False)])
+                         for gold in golds])  # golds included, as the task's training shortlists are
+        short = torch.from_numpy(rows)
+    gold = gold_columns(golds, None if short is None else short.numpy())
+    for parameter in net.parameters():  # optimiser state allocated before measuring
+        parameter.grad = torch.zeros_like(parameter)
+    optimiser.step()
+    optimiser.zero_grad(set_to_none=True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = []
+    for _ in range(steps):
+        tick = time.perf_counter()
+        log_probs = net.decode(source, mask, decoder_steps, short)
+        embeddings = net.table[: labels + 1] if short is None else net.table[net.column_rows(short)]
+        loss = loss_function(log_probs, gold, embeddings)
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - tick)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.write_text(json.dumps({"labels": labels, "shortlist": shortlist, "step_s": float(np.median(times)),
+                               "rss_before_steps_mb": before, "peak_rss_mb": peak,
+                               "step_added_mb": peak - before}) + "\n")
+
+
+def scaling(results: Path) -> None:
+    folder = results / "seq2set-scaling"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for labels in (26_983, 100_000, 300_000):
+        for shortlist in (256, 0):
+            out = folder / f"L{labels}-S{shortlist}.json"
+            subprocess.run([sys.executable, __file__, "--scaling-single", str(labels), str(shortlist), "--out",
+                            str(out)], check=True)
+            rows.append(json.loads(out.read_text()))
+    (folder / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = ["# One OTSeq2Set training step vs label count: shortlist (S = 256) against the full softmax", "",
+             "Batch 32, T = 8 steps, 32 random 384-d token states, GRU 256, AdamW; median of 3 steps, 1 CPU thread, "
+             "each configuration in its own process (`scripts/eval_seq2set.py --part scaling`). 'added' is the peak "
+             "RSS the steps add on top of the network and its optimiser state (O(L d) in both variants).", "",
+             "| labels | variant | step s | added peak MB | process peak MB |", "|---|---|---|---|---|"]
+    for row in rows:
+        variant = f"shortlist {row['shortlist']}" if row["shortlist"] else "full softmax"
+        lines.append(f"| {row['labels']:,} | {variant} | {row['step_s']:.2f} | {row['step_added_mb']:.0f} | "
+                     f"{row['peak_rss_mb']:.0f} |")
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["reuters", "extreme", "all"], default="all")
+    parser.add_argument("--part", choices=["reuters", "extreme", "scaling", "all"], default="all")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs")
     parser.add_argument("--results", type=Path, default=ROOT / "eval" / "results")
     parser.add_argument("--single", choices=["shortlist", "full"], help=argparse.SUPPRESS)
+    parser.add_argument("--scaling-single", type=int, nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.single:
         single(args.single, args.runs, args.out)
         return
+    if args.scaling_single:
+        scaling_single(*args.scaling_single, args.out)
+        return
     if args.part in ("reuters", "all"):
         reuters(args.runs, args.results)
     if args.part in ("extreme", "all"):
         extreme(args.runs, args.results)
+    if args.part in ("scaling", "all"):
+        scaling(args.results)
 
 
 if __name__ == "__main__":

@@ -85,8 +85,11 @@ class Seq2SetNet(nn.Module):
         rows = torch.cat([shortlist, torch.full_like(shortlist[:, :1], self.empty)], dim=1)
         return self.table[rows.clamp_min(0)], self.bias[rows.clamp_min(0)]
 
-    def logits(self, feature: torch.Tensor, shortlist: torch.Tensor | None) -> torch.Tensor:
-        embeddings, bias = self.columns(shortlist)
+    def logits(self, feature: torch.Tensor, shortlist: torch.Tensor | None,
+               columns: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Step scores ``(b, C)`` of ``feature`` ``(b, d)``; ``columns`` (from :meth:`columns`) is gathered once per
+        decode, so a shortlisted step costs ``O(b S d)`` and never touches the other labels."""
+        embeddings, bias = columns if columns is not None else self.columns(shortlist)
         if shortlist is None:
             return feature @ embeddings.T + bias
         scores = torch.einsum("bd,bcd->bc", feature, embeddings) + bias
@@ -102,6 +105,7 @@ class Seq2SetNet(nn.Module):
         invalid = ~mask.bool()
         state = torch.tanh(self.initial(mean))
         token = torch.full((len(source),), self.start, dtype=torch.long, device=source.device)
+        columns = self.columns(shortlist)
         outputs = []
         for step in range(steps):
             embedding = self.dropout(self.table[token])
@@ -110,7 +114,7 @@ class Seq2SetNet(nn.Module):
             context = torch.bmm(attention[:, None, :], states).squeeze(1)
             state = self.cell(torch.cat([embedding, context], dim=1), state)
             feature = self.out(self.dropout(torch.cat([state, context, embedding], dim=1)))
-            log_probs = torch.log_softmax(self.logits(feature, shortlist), dim=1)
+            log_probs = torch.log_softmax(self.logits(feature, shortlist, columns), dim=1)
             outputs.append(log_probs)
             if teacher is not None:
                 token = teacher[:, step]
