@@ -86,29 +86,33 @@ def part_coco(args: argparse.Namespace) -> None:
         train(load_recipe("prompthash-coco-mini"), restart=run.exists())
     train_seconds = time.perf_counter() - started
     labels = LabelCatalogue.from_file(DATA / "coco-mini" / "labels.jsonl")
-    test = read_instances(str(DATA / "coco-mini" / "test.jsonl"))
-    rows = multi_hot([[labels.position(label) for label in item] for item in test.labels], len(labels))
-    images = [{"images": list(images)} for images in test.images]
-    trained = load_encoder(run / "prompthash" / "best")
+    summary = json.loads((run / "summary.json").read_text())
+    trained = load_encoder(summary["encoder"])
     initial = load_encoder({**trained.config(), "model": None})
-    results: dict = {"test_images": len(images), "train_seconds": round(train_seconds, 1), "bits": {}}
+    results: dict = {"train_seconds": round(train_seconds, 1), "encoder": Path(summary["encoder"]).name}
     rng = np.random.default_rng(0)
-    for bits in trained.net.config.bits:
-        entry = {}
-        for name, encoder in (("before training", initial), ("after training", trained)):
-            coder = encoder.with_bits(bits)
-            image_codes, text_codes = coder.encode(images, "query"), coder.encode(test.texts, "label")
-            entry[name] = cross_modal(image_codes, text_codes, rows)
-            if bits == trained.net.config.bits[-1]:
-                results[f"float, towers {name.split()[0]} training"] = {
-                    "I->T mAP": float_map(image_codes.floats, text_codes.floats, rows, rows),
-                    "T->I mAP": float_map(text_codes.floats, image_codes.floats, rows, rows),
-                    "I->T mAP@10": float_map(image_codes.floats, text_codes.floats, rows, rows, 10),
-                    "T->I mAP@10": float_map(text_codes.floats, image_codes.floats, rows, rows, 10)}
-        random_image = BinaryCodes.from_signs(rng.normal(size=(len(images), bits)))
-        random_text = BinaryCodes.from_signs(rng.normal(size=(len(images), bits)))
-        entry["random codes"] = cross_modal(random_image, random_text, rows)
-        results["bits"][bits] = entry
+    for split in ("test", "train"):
+        data = read_instances(str(DATA / "coco-mini" / f"{split}.jsonl"))
+        rows = multi_hot([[labels.position(label) for label in item] for item in data.labels], len(labels))
+        images = [{"images": list(images)} for images in data.images]
+        results[split] = {"items": len(images), "bits": {}}
+        for bits in trained.net.config.bits:
+            entry = {}
+            for name, encoder in (("before training", initial), ("after training", trained)):
+                coder = encoder.with_bits(bits)
+                image_codes, text_codes = coder.encode(images, "query"), coder.encode(data.texts, "label")
+                entry[name] = cross_modal(image_codes, text_codes, rows)
+                if bits == trained.net.config.bits[-1]:
+                    results[split][f"float, towers {name}"] = {
+                        "I->T mAP": float_map(image_codes.floats, text_codes.floats, rows, rows),
+                        "T->I mAP": float_map(text_codes.floats, image_codes.floats, rows, rows),
+                        "I->T mAP@10": float_map(image_codes.floats, text_codes.floats, rows, rows, 10),
+                        "T->I mAP@10": float_map(text_codes.floats, image_codes.floats, rows, rows, 10)}
+            random_image = BinaryCodes.from_signs(rng.normal(size=(len(images), bits)))
+            random_text = BinaryCodes.from_signs(rng.normal(size=(len(images), bits)))
+            entry["random codes"] = cross_modal(random_image, random_text, rows)
+            results[split]["bits"][bits] = entry
+    test = read_instances(str(DATA / "coco-mini" / "test.jsonl"))
     index = load_index(run / "index")
     results["category index (64 bits, 80 names)"] = {
         f"{modality}, {mode}": {key: value for key, value in evaluate(index, test, ks=[1, 3, 5], modality=modality,
@@ -117,21 +121,23 @@ def part_coco(args: argparse.Namespace) -> None:
         for modality in ("image", "text", "all")
         for mode, knobs in (("hamming", {"rerank": 0}), ("+ float re-rank", {}))}
     lines = ["# PromptHash on COCO-mini (tiny random open_clip towers: mechanism, not a benchmark)", "",
-             f"79 test images with their first captions; relevance = sharing a COCO category. Training: "
-             f"`xmr train prompthash-coco-mini` ({results['train_seconds']} s here, 0 if the run existed).", "",
-             "| bits | codes | I->T mAP | T->I mAP | I->T mAP@10 | T->I mAP@10 | I->T P(H<=2) | T->I P(H<=2) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for bits, entry in results["bits"].items():
-        for name, values in entry.items():
-            lines.append(f"| {bits} | {name} | " + " | ".join(f"{100 * values[key]:.2f}" for key in (
-                "I->T mAP", "T->I mAP", "I->T mAP@10", "T->I mAP@10", "I->T P(H<=2)", "T->I P(H<=2)")) + " |")
-    lines += ["", "| float retrieval (cosine of tower vectors) | I->T mAP | T->I mAP | I->T mAP@10 | T->I mAP@10 |",
-              "|---|---|---|---|---|"]
-    for name in ("float, towers before training", "float, towers after training"):
-        values = results[name]
-        lines.append(f"| {name} | " + " | ".join(f"{100 * values[key]:.2f}" for key in (
-            "I->T mAP", "T->I mAP", "I->T mAP@10", "T->I mAP@10")) + " |")
-    lines += ["", "Category retrieval through the run's index (`xmr eval runs/prompthash-coco-mini/index --test "
+             "Relevance = sharing a COCO category; each image's caption is its first one. Training: `xmr train "
+             f"prompthash-coco-mini` ({results['train_seconds']} s here; 0 if the run existed) on the 80 train images, "
+             f"{results['encoder']} weights.", ""]
+    columns = ("I->T mAP", "T->I mAP", "I->T mAP@10", "T->I mAP@10", "I->T P(H<=2)", "T->I P(H<=2)")
+    for split, title in (("test", "79 test images (never seen)"), ("train", "the 80 train images (trained on)")):
+        lines += [f"## {title}", "", "| bits | codes | " + " | ".join(columns) + " |", "|---|---|" + "---|" * 6]
+        for bits, entry in results[split]["bits"].items():
+            for name, values in entry.items():
+                lines.append(f"| {bits} | {name} | " + " | ".join(f"{100 * values[key]:.2f}" for key in columns)
+                             + " |")
+        lines += ["", "| float retrieval (cosine of the tower vectors) | " + " | ".join(columns[:4]) + " |",
+                  "|---|---|---|---|---|"]
+        for name in ("float, towers before training", "float, towers after training"):
+            values = results[split][name]
+            lines.append(f"| {name} | " + " | ".join(f"{100 * values[key]:.2f}" for key in columns[:4]) + " |")
+        lines.append("")
+    lines += ["Category retrieval through the run's index (`xmr eval runs/prompthash-coco-mini/index --test "
               "../shared/data/coco-mini/test.jsonl --modality M`):", "", "| query | P@1 | P@3 | P@5 |",
               "|---|---|---|---|"]
     for name, values in results["category index (64 bits, 80 names)"].items():

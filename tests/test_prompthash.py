@@ -276,3 +276,28 @@ def test_untrained_encoder_is_deterministic_and_refuses_a_code_length_it_has_no_
     assert (codes.codes == second.encode(["a cat", "a dog"], "label").codes).all()
     with pytest.raises(XMRError, match="bits 24"):
         load_encoder({**config, "bits": 24})
+
+
+@pytest.mark.slow
+def test_text_towers_affinity_prompt_starts_at_the_towers_vector_and_its_context_learns(tmp_path, monkeypatch):
+    from xmr.prompthash.towers import TextTowers, prompt_text
+
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path))
+    towers = TextTowers("all-MiniLM-L6-v2")
+    text = prompt_text(towers.prompt_template, ["grain", "wheat"])
+    tokens = towers.tokens([text])
+    with torch.no_grad():
+        towers.ctx.zero_()
+        zero_context = towers.prompt(tokens)
+    np.testing.assert_allclose(zero_context.numpy(), towers.encode([text], "label"), atol=1e-5)
+    target = torch.nn.functional.normalize(torch.ones(1, towers.features), dim=-1)
+    optimiser = torch.optim.Adam([towers.ctx], lr=1e-2)
+    before = float((towers.prompt(tokens) @ target.T).detach())
+    for _ in range(5):
+        loss = -(towers.prompt(tokens) @ target.T).sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float((towers.prompt(tokens) @ target.T).detach()) > before + 0.01
+    assert all(not p.requires_grad for p in towers.st.parameters())  # the tower stays frozen
+    assert (tmp_path / "prompthash-text").is_dir()  # the frozen tower's vectors are cached

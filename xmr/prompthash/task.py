@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xmr.datasets import Instances
 from xmr.encoders import load_encoder
 from xmr.errors import XMRError
 from xmr.evaluation import evaluate
@@ -33,7 +34,7 @@ from xmr.index.recipes import IndexRecipe
 from xmr.io.atomic import write_folder_atomically
 from xmr.prompthash.encoder import PromptHashEncoder, item_parts
 from xmr.prompthash.losses import LossWeights, MemoryBank, prompthash_loss
-from xmr.prompthash.metrics import multi_hot
+from xmr.prompthash.metrics import hamming_map, multi_hot
 from xmr.prompthash.towers import ClipTowers, prompt_text
 from xmr.train.batches import random_plan
 from xmr.train.recipe import DataSpec
@@ -204,18 +205,36 @@ class PromptHashTask(Task):
         return sum(terms.values())
 
     def validate(self) -> dict[str, float] | None:
-        """``evaluate`` of the validation queries against the labels hashed at ``hash_index.bits`` (Hamming only)."""
-        if self.data.validation is None:
+        """``evaluate`` of the validation queries against the labels hashed at ``hash_index.bits`` (Hamming only);
+        with open_clip towers also the cross-modal ``mAP I->T``, ``mAP T->I`` and their mean ``mAP`` among the
+        validation items' images and texts (the paper's model selection)."""
+        validation = self.data.validation
+        if validation is None:
             return None
         self.encoder.train_mode(False)
         try:
             codes = self.encoder.encode(self.labels.items(), "label")
             index = build_index_from_embeddings(self.labels, codes, None, encoder=self.encoder, factory="BFlat")
-            report = evaluate(index, self.data.validation, ks=self.context.recipe.evaluation.ks,
-                              train=self.data.train)
+            ks = self.context.recipe.evaluation.ks
+            metrics = evaluate(index, validation, ks=ks, train=self.data.train)["metrics"]
+            if self.clip:
+                metrics.update(self.cross_modal_map(validation))
         finally:
             self.encoder.train_mode(True)
-        return report["metrics"]
+        return metrics
+
+    def cross_modal_map(self, instances: Instances) -> dict[str, float]:
+        rows = [row for row, images in enumerate(instances.images or []) if images and instances.texts[row]]
+        if not rows:
+            raise XMRError(f"{instances.source}: cross-modal validation needs items with an image and a text")
+        known = [[self.labels.position(label) for label in instances.labels[row] if label in self.labels]
+                 for row in rows]
+        targets = multi_hot(known, len(self.labels))
+        image = self.encoder.encode([{"images": list(instances.images[row])} for row in rows], "query")
+        text = self.encoder.encode([instances.texts[row] for row in rows], "label")
+        i2t = hamming_map(queries=image, database=text, query_labels=targets, database_labels=targets)
+        t2i = hamming_map(queries=text, database=image, query_labels=targets, database_labels=targets)
+        return {"mAP I->T": i2t, "mAP T->I": t2i, "mAP": (i2t + t2i) / 2}
 
     def save(self, which: str) -> None:
         """``runs/NAME/prompthash/{best,last}``: encoder folders ``load_encoder`` opens."""

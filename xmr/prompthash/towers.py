@@ -35,6 +35,7 @@ from xmr.io.cache import cache_root
 CLIP_CONFIGS = resources.files("xmr.prompthash") / "clip_configs"
 IMAGE_PROMPT = "This is an image containing {}"
 TEXT_PROMPT = "This is a text about {}"
+CACHE_CHUNK = 2048  # texts encoded between cache writes
 
 
 def prompt_text(template: str, names: Sequence[str]) -> str:
@@ -133,11 +134,12 @@ class TextTowers(nn.Module):
         keys = [hashlib.sha256(f"{side}\0{text}".encode()).hexdigest() for text in texts]
         known = self.cache.load()
         missing = list(dict.fromkeys(key for key in keys if key not in known))
-        if missing:
-            first = {key: text for key, text in zip(keys, texts, strict=True)}
-            vectors = self.encoder.encode([first[key] for key in missing], side).values
-            self.cache.add(dict(zip(missing, vectors, strict=True)))
-            known.update(zip(missing, vectors, strict=True))
+        first = {key: text for key, text in zip(keys, texts, strict=True)}
+        for start in range(0, len(missing), CACHE_CHUNK):  # cached chunk by chunk: a killed run keeps its progress
+            chunk = missing[start:start + CACHE_CHUNK]
+            vectors = self.encoder.encode([first[key] for key in chunk], side).values
+            self.cache.add(dict(zip(chunk, vectors, strict=True)))
+            known.update(zip(chunk, vectors, strict=True))
         return np.stack([known[key] for key in keys]) if keys else np.zeros((0, self.features), np.float32)
 
     def tokens(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
