@@ -6,14 +6,17 @@ articles, which tune the thresholds) trains both branches; the run's three predi
 split: body 1 (SetFit branch) + head, body 2 (label branch) + head, fused + head. The peer is the ``setfit``
 package itself (``setfit.Trainer``, ``SetFitModel`` with a one-vs-rest logistic head, its own pair sampler and
 ``predict`` at 0.5) on the same k-shot articles with the same pair-step budget. Zero-shot: the bundled MiniLM
-indexing the topic names (its "set" is the top-1 topic, for the F1 columns). ``--full``: the bundled recipe
-as is (the whole training split, 100 pair steps per branch) with its train time.
+indexing the topic names (its "set" is the top-1 topic, for the F1 columns). ``--full``: the bundled recipe on
+the whole training split (``--full-steps`` / ``--full-max-length`` override its pair steps and text length), with
+its train time.
 
 Every run's numbers go to ``OUT/runs/*.json`` (a finished run is skipped when the script is started again), the
 table of means and standard deviations over seeds to ``OUT/summary.json`` and ``OUT/report.md``.
 
     nice -n 10 env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/eval_fusionsent.py \
-        --shots 8 16 32 --seeds 0 1 2 --zero-shot --full
+        --shots 8 16 32 --seeds 0 1 2 --zero-shot --full --full-steps 40 --full-max-length 32
+
+(jobs can be split over processes: each run is one file, and every process rewrites the summary).
 """
 
 from __future__ import annotations
@@ -80,9 +83,11 @@ def scores(report: dict[str, Any]) -> dict[str, float]:
 def recipe_for(args: argparse.Namespace, name: str, shots: int | None, seed: int) -> Any:
     overrides = {"name": name, "output": args.runs, "fusionsent.shots": shots, "fusionsent.shots_seed": seed,
                  "fusionsent.branch_predictors": shots is not None}
-    if shots is not None:
-        overrides.update({"schedule.max_steps": args.steps, "encoder.max_seq_length": args.max_length,
-                          "fusionsent.train_max_length": args.max_length})
+    steps, length = (args.steps, args.max_length) if shots is not None else (args.full_steps, args.full_max_length)
+    if steps is not None:
+        overrides["schedule.max_steps"] = steps
+    if length is not None:
+        overrides.update({"encoder.max_seq_length": length, "fusionsent.train_max_length": length})
     return load_recipe("fusionsent-reuters", overrides)
 
 
@@ -204,6 +209,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=40, help="pair steps per branch in few-shot runs")
     parser.add_argument("--max-length", type=int, default=32, help="tokens per text in few-shot runs")
+    parser.add_argument("--full-steps", type=int, help="pair steps per branch of --full (default: the recipe's)")
+    parser.add_argument("--full-max-length", type=int, help="tokens per text in --full (default: the recipe's)")
     parser.add_argument("--no-setfit", dest="setfit", action="store_false", help="skip the setfit peer")
     parser.add_argument("--zero-shot", action="store_true")
     parser.add_argument("--full", action="store_true")
