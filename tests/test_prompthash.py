@@ -257,7 +257,8 @@ def test_task_trains_through_xmr_train_and_writes_a_binary_index_eval_scores(coc
         report = evaluate(index, test, ks=[1], modality=modality)
         assert 0.0 <= report["metrics"]["P@1"] <= 1.0
     encoder = load_encoder(run / "prompthash" / "best")
-    again = load_encoder(summary["stages"]["prompthash"]["encoder"]) if "stages" in summary else encoder
+    assert summary["encoder"] == str(run / "prompthash" / "best")  # validation picked a step
+    again = load_encoder(summary["encoder"])
     items = [{"images": [str(coco_like / "0.png")]}, "a red square"]
     assert (encoder.encode(items, "query").codes == again.encode(items, "query").codes).all()
     trained = {name: p.detach().clone() for name, p in encoder.trainable().items()}

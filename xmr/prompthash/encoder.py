@@ -54,6 +54,9 @@ class PromptHashEncoder(Encoder):
         self.towers_settings, self.net_settings = dict(towers), dict(net)
         self.bits, self.weights, self.floats, self.batch_size, self.seed = int(bits), model, bool(floats), \
             int(batch_size), int(seed)
+        if device not in (None, "cpu"):
+            raise EncoderError(f"prompthash encodes on the CPU (the hash net is small); device {device!r} is not "
+                               "supported")
         self.towers = build_towers(self.towers_settings)
         config = HashNetConfig(**{**self.net_settings, "features": self.towers.features})
         if self.bits not in config.bits:
