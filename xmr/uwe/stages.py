@@ -89,11 +89,11 @@ class LateInteractionRerank(RerankStage):
 
     def labels(self, rows: np.ndarray) -> TokenVectors:
         """The cached token vectors of catalogue ``rows`` (pooled vectors are not kept: zeros)."""
-        starts, ends = self.offsets[rows], self.offsets[rows + 1]
-        values = (np.concatenate([np.asarray(self.tokens[a:b]) for a, b in zip(starts, ends, strict=True)])
-                  if len(rows) else np.zeros((0, self.tokens.shape[1]), np.float16))
+        starts, lengths = self.offsets[rows], self.offsets[rows + 1] - self.offsets[rows]
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])  # one gather, no loop
         pooled = np.zeros((len(rows), self.tokens.shape[1]), dtype=np.float32)
-        return TokenVectors(values, np.concatenate([[0], np.cumsum(ends - starts)]), pooled)
+        return TokenVectors(np.asarray(self.tokens[positions]), offsets, pooled)
 
     def rescore(self, queries: Representation, rows: np.ndarray) -> np.ndarray:
         import torch
