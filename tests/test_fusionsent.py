@@ -268,3 +268,12 @@ def test_validation_during_training_picks_the_best_bodies(tiny_model, tmp_path):
     assert {"micro_f1", "P@1"} <= set(validations[-1]["validation"])
     best = max(validations, key=lambda entry: entry["validation"]["P@1"])
     assert summary["best"]["step"] == best["step"] and "branches" not in summary
+
+
+def test_a_head_whose_encoder_asks_for_remote_code_opens_only_when_the_caller_allows_it(tiny_model, tmp_path):
+    encoder = xmr.load_encoder({"type": "sentence-transformers", "model": tiny_model, "trust_remote_code": True})
+    head, _ = tiny_head(encoder, tmp_path)
+    head.save(tmp_path / "head")
+    with pytest.raises(IndexFolderError, match="trust_remote_code"):
+        xmr.load_predictor(tmp_path / "head")
+    assert xmr.load_predictor(tmp_path / "head", trust_remote_code=True).kind == "classifier-head"

@@ -28,10 +28,11 @@ from safetensors.numpy import load_file, save_file
 
 from xmr._version import __version__
 from xmr.catalogue import LabelCatalogue
-from xmr.encoders import Encoder, load_encoder
+from xmr.encoders import Encoder, encoder_config, load_encoder
 from xmr.errors import IndexFolderError, InvalidArgument
 from xmr.fusionsent.head import label_sets, probabilities
 from xmr.index.folder import read_manifest, verify_files, write_index_folder
+from xmr.index.label_index import asks_for_remote_code
 from xmr.io.atomic import recover, sha256_file
 from xmr.predictor import EncodedPredictor
 from xmr.representations import DenseVectors, Representation
@@ -68,7 +69,8 @@ class ClassifierHead(EncodedPredictor):
         """Per-label probabilities ``(n, L)`` of encoded queries."""
         vectors = queries.values if isinstance(queries, DenseVectors) else np.asarray(queries, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.encoder.dim:
-            raise InvalidArgument(f"classifier head: queries of shape {vectors.shape}, expected (n, {self.encoder.dim})")
+            raise InvalidArgument(f"classifier head: queries of shape {vectors.shape}, expected "
+                                  f"(n, {self.encoder.dim})")
         return probabilities(vectors, self.weights, self.bias)
 
     def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **knobs: Any) -> SearchResult:
@@ -116,9 +118,11 @@ class ClassifierHead(EncodedPredictor):
 
 
 def load_classifier_head(path: str | Path, verify: bool = True, device: str | None = None,
-                         **_: Any) -> ClassifierHead:
+                         trust_remote_code: bool = False, **_: Any) -> ClassifierHead:
     """Open a ``classifier-head`` folder; every file (the encoder's too) is checked against the manifest
-    (``verify=False``: sizes only)."""
+    (``verify=False``: sizes only). An encoder config that sets ``trust_remote_code`` is refused unless the caller
+    passes ``trust_remote_code=True`` (as for label indexes: the folder never decides whether code runs). Other
+    options of :func:`xmr.load_predictor` (``mmap``) do not apply to a head and are ignored."""
     path = Path(path)
     recover(path)
     manifest = read_manifest(path)
@@ -141,7 +145,11 @@ def load_classifier_head(path: str | Path, verify: bool = True, device: str | No
     except (OSError, pa.ArrowException, ValueError) as error:
         raise IndexFolderError(f"{path}: cannot read the head or the labels: {error}") from None
     catalogue = LabelCatalogue.from_arrow(table, source=str(path / LABELS_FILE))
-    encoder = load_encoder(path / manifest.get("encoder_folder", ENCODER_FOLDER), device=device)
+    encoder_folder = path / manifest.get("encoder_folder", ENCODER_FOLDER)
+    if asks_for_remote_code(encoder_config(encoder_folder)) and not trust_remote_code:
+        raise IndexFolderError(f"{path}: its encoder config sets trust_remote_code, which would run Python code from "
+                               "the model folder; allow it (trust_remote_code=True) only if you trust its source")
+    encoder = load_encoder(encoder_folder, device=device)
     encoder.train_mode(False)
     info = {key: value for key, value in manifest["head"].items() if key not in ("file", "activation",
                                                                                  "at_least_one")}

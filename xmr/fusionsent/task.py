@@ -37,9 +37,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from xmr import metrics as m
 from xmr.encoders import Encoder, load_encoder
 from xmr.evaluation import evaluate
-from xmr import metrics as m
 from xmr.fusionsent.head import fit_head, label_sets, multi_hot, probabilities, tune_thresholds
 from xmr.fusionsent.pairs import TextPairSampler, few_shot_rows, label_pair_count, label_pairs
 from xmr.fusionsent.predictor import ClassifierHead
