@@ -192,7 +192,7 @@ def part_text(name: str) -> None:
         entry = {key: report["metrics"][key] for key in shown}
         entry["qps"] = len(test) / seconds
         if group:
-            entry["groups"] = {g: {key: values[key] for key in shown if key in values}
+            entry["groups"] = {g: {key: values["metrics"][key] for key in shown if key in values["metrics"]}
                                for g, values in report.get("groups", {}).items()}
         rows[label] = entry
     code_bytes, float_bytes = encoder.bits // 8, towers.features * 4
@@ -234,7 +234,7 @@ def part_pypi(args: argparse.Namespace) -> None:
     def recall(found: np.ndarray) -> float:
         return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found[:, :k], truth, strict=True)]))
 
-    head = load_encoder(ROOT / "runs" / "hash-reuters" / "prompthash" / "best")
+    head = load_encoder(args.head)
     label_t, query_t = torch.from_numpy(labels), torch.from_numpy(queries)
     trained_labels = HashCodes.concat([head.from_features([None] * len(part), list(part))
                                        for part in label_t.split(4096)])
@@ -242,7 +242,7 @@ def part_pypi(args: argparse.Namespace) -> None:
     rotation = np.random.default_rng(0).normal(size=(labels.shape[1], head.bits)).astype(np.float32)
     lsh_labels = HashCodes(BinaryCodes.from_signs(labels @ rotation).codes, head.bits, labels)
     lsh_queries = HashCodes(BinaryCodes.from_signs(queries @ rotation).codes, head.bits, queries)
-    work = BENCH / "prompthash-pypi"
+    work = args.out or BENCH / "prompthash-pypi"
     rows = []
 
     def measure(system: str, built, vectors, knobs: dict, folder_files: tuple[str, ...]) -> None:
@@ -284,6 +284,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["coco", "reuters", "esco", "pypi"], required=True)
     parser.add_argument("--n", type=int, default=200_000, help="pypi: catalogue rows (as many as are cached)")
+    parser.add_argument("--head", type=Path, default=ROOT / "runs" / "hash-reuters" / "prompthash" / "best",
+                        help="pypi: the text hash head (encoder folder)")
+    parser.add_argument("--out", type=Path, default=None, help="pypi: results (default eval/bench/prompthash-pypi)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -93,13 +93,20 @@ class PromptHashEncoder(Encoder):
         for start in range(0, len(items), self.batch_size):
             image, text = self.tower_features([item_parts(item) for item in items[start:start + self.batch_size]],
                                               side)
-            parts.append(self.from_features(image, text))
+            parts.append(self._from_features(image, text))
         return HashCodes.concat(parts) if parts else self.from_features([], [])
 
-    @torch.no_grad()
     def from_features(self, image: Sequence[torch.Tensor | None], text: Sequence[torch.Tensor | None]) -> HashCodes:
         """Codes of items given their tower features per slot (None: the item has no such part); an item with both
-        is the fused pair, hashed as ``sign(h_image + h_text)``."""
+        is the fused pair, hashed as ``sign(h_image + h_text)``. Runs ``batch_size`` items at a time (the Mamba
+        block's state is ``(items, 2 * features, 16)``)."""
+        parts = [self._from_features(image[start:start + self.batch_size], text[start:start + self.batch_size])
+                 for start in range(0, len(image), self.batch_size)]
+        return HashCodes.concat(parts) if parts else self._from_features([], [])
+
+    @torch.no_grad()
+    def _from_features(self, image: Sequence[torch.Tensor | None],
+                       text: Sequence[torch.Tensor | None]) -> HashCodes:
         n = len(image)
         code, vector = torch.zeros(n, self.bits), torch.zeros(n, self.towers.features)
         for has_image, has_text in ((True, True), (True, False), (False, True)):

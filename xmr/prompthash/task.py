@@ -188,14 +188,18 @@ class PromptHashTask(Task):
         else:
             image = self.query_features[index]
             text = self.label_features[torch.from_numpy(self.caption_rows[rows])]
-            prompt = self.towers.prompt(self.towers.tokens([self.prompts[row] for row in rows])) \
-                if self.spec.prompt else None
+            prompt = self.text_prompts(rows) if self.spec.prompt else None
         p = self.spec.partner_dropout
         drop_image = torch.from_numpy(rng.random(len(rows)) < p)
         drop_text = torch.from_numpy(rng.random(len(rows)) < p)
         output = self.encoder.net(image, text, prompt, drop_image, drop_text)
         self.bank.update(index, output)  # the reference writes the batch's codes before the loss
         return output, index
+
+    def text_prompts(self, rows: np.ndarray) -> torch.Tensor:
+        """Prompt features of the batch, each distinct prompt (label set) run through the text tower once."""
+        distinct, position = np.unique([self.prompts[row] for row in rows], return_inverse=True)
+        return self.towers.prompt(self.towers.tokens(list(distinct)))[torch.from_numpy(position.reshape(-1))]
 
     def loss(self, output: Any) -> torch.Tensor:
         result, index = output
