@@ -1,6 +1,6 @@
 """Encoder ``prompthash``: towers + :class:`~xmr.prompthash.model.HashNet`, emitting ``bits``-bit
-:class:`~xmr.prompthash.codes.HashCodes` (sign of the tanh head, paper Eq. for ``B = sign(h)``; reference
-``get_code``) with the towers' unit vectors beside them for the optional float re-rank.
+:class:`~xmr.prompthash.codes.HashCodes` (the sign of the tanh head's output, as the reference's ``get_code``)
+with the towers' unit vectors beside them for the optional float re-rank.
 
 Slots: with open_clip towers an item's image goes through the image slot and its text through the text slot,
 whatever the side, so one index answers search by image, by text, or by both (an item with both is the fused pair,

@@ -1,6 +1,7 @@
-"""PromptHash's objective (paper Sec. 3.5; reference ``train_asym.py``: ``hash_loss_group``, ``bayesian_loss``,
-``quantization_loss_2``, ``global_prompt_alignment_loss``, ``local_prompt_alignment_loss``, the reconstruction
-terms of ``compute_loss``), with the reference's default weights (``utils/get_args.py``).
+"""PromptHash's objective (the paper's hashing, alignment and reconstruction losses; reference ``train_asym.py``:
+``hash_loss_group``, ``bayesian_loss``, ``quantization_loss_2``, ``global_prompt_alignment_loss``,
+``local_prompt_alignment_loss``, the reconstruction terms of ``compute_loss``), with the reference's default
+weights (``utils/get_args.py``).
 
 Per code length ``K`` (weight 1; the auxiliary long code weight ``mu``), with the memory banks ``F`` (image codes)
 and ``G`` (text codes) of every training item, refreshed as batches pass, ``S[i, j] = 1`` when items ``i`` and

@@ -1,4 +1,5 @@
-"""PromptHash's hashing network over tower features (paper Sec. 3.3-3.4; reference ``hash_model.py``:
+"""PromptHash's hashing network over tower features (the paper's adaptive gated fusion and hashing modules;
+reference ``hash_model.py``:
 ``FusionTransMamba``, ``ResidualMLPs``, ``HashingEncoder``, ``HashingDecoder``, ``HashingModel``).
 
 * :class:`MambaMixer`: a selective state-space block (Mamba's in-projection, causal depthwise convolution, input-

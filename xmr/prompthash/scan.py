@@ -1,6 +1,7 @@
 """The selective scan of Mamba (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
-Algorithm 2 / Eq. 2a-2b with the zero-order-hold discretisation of Sec. 3.2) in plain PyTorch, plus mamba-ssm's
-fused CUDA kernel when it is installed and the inputs live on a GPU.
+Algorithm 2, the S6 layer: zero-order-hold discretisation of ``A``, the simplified step for ``B``; the semantics of
+mamba-ssm's ``selective_scan_ref`` in ``mamba_ssm/ops/selective_scan_interface.py``) in plain PyTorch, plus
+mamba-ssm's fused CUDA kernel when it is installed and the inputs live on a GPU.
 
 For every batch row ``b``, channel ``d`` and state ``n``::
 

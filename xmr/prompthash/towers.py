@@ -1,5 +1,5 @@
-"""The two towers PromptHash hashes from (paper Sec. 3.2-3.3; reference ``hash_model.py``: ``PromptHash``,
-``VLPromptLearner``), and the text affinity prompt.
+"""The two towers PromptHash hashes from (the paper's CLIP encoders and text affinity prompts; reference
+``hash_model.py``: ``PromptHash``, ``VLPromptLearner``), and the text affinity prompt.
 
 * :class:`ClipTowers`: an open_clip model, frozen except its last ``unfreeze_last`` residual blocks of each tower
   (the reference unfreezes blocks 10 and 11 of ViT-B-16's image and text towers). ``pretrained`` is an open_clip
