@@ -197,9 +197,23 @@ def aggregate(out: Path) -> None:
         values = full["methods"]["FusionSent: fused + head"]
         lines.append(f"| all ({full['train_texts']}) | FusionSent: fused + head | 1 | " + " | ".join(
             f"{100 * values[column]:.1f}" for column in COLUMNS) + " |")
-        lines += ["", f"Full train split: {full['steps']} pair steps per branch in {full['train_seconds']:.0f} s, "
-                  f"head (encoding {full['train_texts']} articles, fitting 90 logistic regressions, thresholds) "
-                  f"{full['head_seconds']:.0f} s, {full['torch_threads']} torch thread(s)."]
+    few = [run for run in runs if run.get("kind") == "few-shot"]
+    if few:
+        lines += ["", "Budgets per few-shot run: each branch {} pair steps of 16 pairs (oversampled text pairs; "
+                  "per article its topics and as many sampled non-topics), texts cut to {} tokens for training and "
+                  "encoding, AdamW lr 2e-5; the head's C from {{1, 10, 100, 1000}} and its global threshold chosen "
+                  "on 300 training articles held out before the k-shot draw (never trained on). The setfit peer: "
+                  "the same k-shot articles, "
+                  "`setfit.Trainer` with the same steps and batch size, its default one-vs-rest LogisticRegression "
+                  "head, sets from `predict` (0.5). Articles per run: {}; train seconds (both branches): {}.".format(
+                      few[0]["steps_budget"], few[0]["max_length"],
+                      ", ".join(f"k{run['shots']}-s{run['seed']} {run['train_texts']}" for run in few),
+                      ", ".join(f"k{run['shots']}-s{run['seed']} {run['train_seconds']:.0f}" for run in few))]
+    if full:
+        lines += ["", f"Full train split: {full['steps']} pair steps of 16 pairs per branch, texts cut to "
+                  f"{full['recipe']['encoder']['max_seq_length']} tokens, in {full['train_seconds']:.0f} s; fusion "
+                  f"and head (encoding {full['train_texts']} + 300 articles, 4 x 90 logistic regressions, "
+                  f"thresholds) {full['head_seconds']:.0f} s; {full['torch_threads']} torch thread on 2 shared cores."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
