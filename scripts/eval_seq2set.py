@@ -160,7 +160,7 @@ def extreme(runs: Path, results: Path) -> None:
     print("\n".join(lines))
 
 
-def scaling_single(labels: int, shortlist: int, out: Path, steps: int = 3) -> None:
+def scaling_single(labels: int, shortlist: int, out: Path, steps: int = 2) -> None:
     """Train steps of the real network and loss on random inputs; RSS before the first step vs the peak after."""
     from xmr.seq2set.losses import OTSeq2SetLoss
     from xmr.seq2set.model import Seq2SetNet
@@ -213,7 +213,7 @@ def scaling(results: Path) -> None:
             rows.append(json.loads(out.read_text()))
     (folder / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# One OTSeq2Set training step vs label count: shortlist (S = 256) against the full softmax", "",
-             "Batch 32, T = 8 steps, 32 random 384-d token states, GRU 256, AdamW; median of 3 steps, 1 CPU thread, "
+             "Batch 32, T = 8 steps, 32 random 384-d token states, GRU 256, AdamW; median of 2 steps, 1 CPU thread, "
              "each configuration in its own process (`scripts/eval_seq2set.py --part scaling`). 'added' is the peak "
              "RSS the steps add on top of the network and its optimiser state (O(L d) in both variants).", "",
              "| labels | variant | step s | added peak MB | process peak MB |", "|---|---|---|---|---|"]
