@@ -18,7 +18,7 @@ from xmr.encoders.base import (
     item_texts,
     register_encoder,
 )
-from xmr.encoders.bundled import BUNDLED_DECODERS, DEFAULT_TEXT_MODEL
+from xmr.encoders.bundled import BUNDLED_DECODER_ZERO_SHOT, BUNDLED_DECODERS, DEFAULT_TEXT_MODEL
 from xmr.encoders.sentence_transformer import SentenceTransformerEncoder
 from xmr.errors import EncoderError
 
@@ -75,7 +75,7 @@ def encoder_config(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
                 config[key] = str((folder / value).resolve())
         return config
     if str(spec) in BUNDLED_DECODERS:
-        return {"type": "decoder-llm", "model": str(spec)}
+        return {"type": "decoder-llm", "model": str(spec), **BUNDLED_DECODER_ZERO_SHOT.get(str(spec), {})}
     return {"type": SentenceTransformerEncoder.type_name, "model": str(spec)}
 
 

