@@ -17,7 +17,12 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 # method name -> package whose import registers its encoders, stages, tasks and predictor kinds
-METHODS: dict[str, str] = {}
+METHODS: dict[str, str] = {
+    "fusionsent": "xmr.fusionsent",
+    "otseq2set": "xmr.seq2set",
+    "prompthash": "xmr.prompthash",
+    "uwe": "xmr.uwe",
+}
 # extra "name=package" entries, comma separated, for methods that live outside xmr (plugins, tests)
 PLUGINS_VARIABLE = "XMR_METHODS"
 

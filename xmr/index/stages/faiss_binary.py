@@ -1,5 +1,6 @@
 """Candidate stage ``faiss-binary``: binary hash codes in a FAISS ``IndexBinary*`` (``BFlat``, ``BHNSW32``,
-``BIVF1024``, any ``faiss.index_binary_factory`` string), searched by Hamming distance.
+``BIVF1024``, multi-index hashing ``BHash4x16`` = ``IndexBinaryMultiHash`` with knob ``nflip``, any
+``faiss.index_binary_factory`` string), searched by Hamming distance.
 
 FAISS returns distances (lower is better); this stage reports ``bits - distance``, the number of agreeing bits, so
 its scores rank like every other stage's. File ``index.binary.faiss``; ids are the labels' internal ids.
@@ -78,6 +79,8 @@ class FaissBinaryStage(CandidateStage):
             knobs["nprobe"] = int(ivf.nprobe)
         if (graph := _layer(self.index, "hnsw")) is not None:
             knobs["efSearch"] = int(graph.hnsw.efSearch)
+        if (hashed := _layer(self.index, "nflip")) is not None:
+            knobs["nflip"] = int(hashed.nflip)
         return knobs
 
     def set_knobs(self, knobs: dict[str, int]) -> None:
@@ -86,10 +89,12 @@ class FaissBinaryStage(CandidateStage):
             raise XMRError(f"search parameter(s) {unknown} do not apply to {self.structure}; it has "
                            f"{sorted(self.knobs())}")
         for name, value in knobs.items():
-            if int(value) < 1:
-                raise XMRError(f"search parameter {name} must be >= 1, got {value}")
+            if int(value) < (0 if name == "nflip" else 1):
+                raise XMRError(f"search parameter {name} must be >= {0 if name == 'nflip' else 1}, got {value}")
             if name == "nprobe":
                 _layer(self.index, "nprobe").nprobe = int(value)
+            elif name == "nflip":
+                _layer(self.index, "nflip").nflip = int(value)
             else:
                 _layer(self.index, "hnsw").hnsw.efSearch = int(value)
 
