@@ -112,16 +112,19 @@ def test_bundled_smollm2_loads_offline_and_ranks_sensibly():
     assert (queries @ labels.T).argmax(axis=1).tolist() == [0, 1]
 
 
+COOKING = Path(__file__).resolve().parents[2] / "shared" / "data" / "cooking_stackexchange"
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not COOKING.is_dir(), reason="needs ../shared/data/cooking_stackexchange")
 def test_the_bundled_decoder_name_resolves_to_the_configuration_that_ranks_best_zero_shot(tmp_path):
     """The bare name uses the measured zero-shot configuration (eval/bench/decoder-zero-shot); an explicit config
     keeps DecoderEncoder's training defaults (mean pooling). On real tagging data the bare name ranks far better."""
     from xmr.datasets import read_instances
     from xmr.evaluation import evaluate
 
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "cooking_stackexchange"
-    catalogue = xmr.LabelCatalogue.from_file(data / "labels.jsonl").take(list(range(120)))
-    instances = read_instances(data / "test.jsonl")
+    catalogue = xmr.LabelCatalogue.from_file(COOKING / "labels.jsonl").take(list(range(120)))
+    instances = read_instances(COOKING / "test.jsonl")
     rows = [row for row, labels in enumerate(instances.labels)
             if labels and all(label in catalogue for label in labels)]
     instances = instances.subset(rows[:40], "40 queries whose labels are among the first 120")
