@@ -341,3 +341,39 @@ def test_a_writer_killed_beside_a_concurrent_one_loses_nothing_the_other_saved(p
     assert killed.wait() == 9 and survivor.wait() == 0, survivor.stderr.read()
     # the completed save is there, unless the killed one had already swapped its own in after it
     assert_one_clean_index(tmp_path, out, {40, 50} if point == "after-exchange" else {50})
+
+
+def test_a_new_temporary_is_never_cleaned_by_a_writer_that_starts_at_the_same_moment(tmp_path, monkeypatch):
+    """Injection: writer A pauses right after making its temporary, writer B starts then. B's clean_stale must not
+    see A's temporary before A has marked it alive (A made and marked it under the parent lock)."""
+    import threading
+    import time
+
+    from xmr.io import atomic
+
+    make = atomic.tempfile.mkdtemp
+    paused = threading.Event()
+
+    def make_then_pause(*args, **kwargs):
+        folder = make(*args, **kwargs)
+        if threading.current_thread().name == "A":
+            paused.set()
+            time.sleep(0.5)  # the window in which another writer's cleanup used to remove this folder
+        return folder
+
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", make_then_pause)
+    out, errors = tmp_path / "folder", []
+
+    def write_a():
+        try:
+            atomic.write_folder_atomically(out, lambda folder: (folder / "who").write_text("A"))
+        except OSError as error:
+            errors.append(error)
+
+    writer = threading.Thread(target=write_a, name="A")
+    writer.start()
+    assert paused.wait(5)
+    atomic.write_folder_atomically(out, lambda folder: (folder / "who").write_text("B"))
+    writer.join()
+    assert errors == [] and (out / "who").read_text() in ("A", "B")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["folder"]

@@ -149,20 +149,29 @@ def write_folder_atomically(out: str | Path, write: Callable[[Path], T], fsync: 
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     inside_own_temporary = out.parent.resolve() in _writing  # e.g. shards written inside a sharded folder's temporary
+    # the temporary is made and marked alive (locked) while the parent is locked: another writer's clean_stale, which
+    # runs under that lock, can never see it unmarked and remove it between the two steps
+    with contextlib.ExitStack() as alive:
+        with contextlib.nullcontext() if inside_own_temporary else locked(out.parent):
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+            alive.enter_context(locked(tmp))
+        return _write_and_swap(out, tmp, write, fsync, inside_own_temporary)
+
+
+def _write_and_swap(out: Path, tmp: Path, write: Callable[[Path], T], fsync: bool, inside_own_temporary: bool) -> T:
+    """The body of :func:`write_folder_atomically`, with ``tmp`` made and locked alive by the caller."""
+    _writing.add(tmp.resolve())
     try:
-        with locked(tmp):  # marks this temporary as alive, so no other process cleans it away
-            _writing.add(tmp.resolve())
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the folder gets the mode mkdir would give
-            result = write(tmp)
-            if fsync:
-                fsync_folder(tmp)
-            # one swap at a time per parent: concurrent writers take turns and the last one wins (nobody else writes
-            # inside a temporary of this process, and locking it again would wait for its own alive-lock)
-            with contextlib.nullcontext() if inside_own_temporary else locked(out.parent):
-                clean_stale(out)
-                swap_into_place(tmp, out)
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; the folder gets the mode mkdir would give
+        result = write(tmp)
+        if fsync:
+            fsync_folder(tmp)
+        # one swap at a time per parent: concurrent writers take turns and the last one wins (nobody else writes
+        # inside a temporary of this process, and locking it again would wait for its own alive-lock)
+        with contextlib.nullcontext() if inside_own_temporary else locked(out.parent):
+            clean_stale(out)
+            swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
