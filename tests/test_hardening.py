@@ -198,14 +198,12 @@ def test_image_paths_stay_inside_the_catalogues_folder_unless_allowed(tmp_path, 
 
 
 # ---- crashes and concurrent writers: kills injected at each point of a save, including inside the swap window ------
-SAVE = """
-import os, sys
-import numpy as np
-import xmr
+# kills injected into a writer at each point of a save (a script preamble: `point` and `out` are set before it runs)
+INJECT = """
+import os
 from xmr.io import atomic
-point, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 die = lambda *args, **kwargs: os._exit(9)
-if point == "writing-files":  # the label store is written, the FAISS index not yet
+if point == "writing-faiss":  # the label store is written, the FAISS index not yet
     from xmr.index.stages.faiss_dense import FaissDenseStage
     FaissDenseStage.write = die
 elif point == "before-swap":
@@ -220,6 +218,13 @@ elif point == "between-renames":
     atomic.os.rename = first_rename_then_die
 elif point == "after-exchange":
     atomic.shutil.rmtree = die
+"""
+SAVE = """
+import sys
+import numpy as np
+import xmr
+point, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+""" + INJECT + """
 vectors = np.random.default_rng(n).normal(size=(n, 8)).astype(np.float32)
 catalogue = xmr.LabelCatalogue.from_records([{"id": row, "text": f"label {row}"} for row in range(n)])
 xmr.build_index_from_embeddings(catalogue, vectors, out)
@@ -230,7 +235,7 @@ def save_in_process(point: str, out: Path, n: int) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", SAVE, point, str(out), str(n)], stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize(("point", "survivor"), [("writing-files", 30), ("before-swap", 30),
+@pytest.mark.parametrize(("point", "survivor"), [("writing-faiss", 30), ("before-swap", 30),
                                                  ("between-renames", 30), ("after-exchange", 40)])
 def test_a_save_killed_at_any_point_leaves_an_index_that_loads(tmp_path, point, survivor):
     out = tmp_path / "index"
@@ -255,9 +260,8 @@ BUILD = """
 import os, sys
 import xmr
 from xmr.cli import main
-from xmr.io import atomic
 point, labels, model, out = sys.argv[1:5]
-die = lambda *args, **kwargs: os._exit(9)
+""" + INJECT + """
 
 def after(owner, name):  # run the original, then die: the step completed, the next one never starts
     original = getattr(owner, name)
@@ -275,24 +279,9 @@ elif point == "writing-label-store":
     import pyarrow.parquet as pq
     write_table = pq.write_table
     pq.write_table = lambda table, where, **k: (write_table(table.slice(0, 1), where, **k), os._exit(9))
-elif point == "writing-faiss":
-    from xmr.index.stages.faiss_dense import FaissDenseStage
-    FaissDenseStage.write = die
 elif point == "writing-manifest":
     from xmr.index import folder
     after(folder, "write_manifest")
-elif point == "before-swap":
-    atomic.swap_into_place = die
-elif point == "between-renames":
-    atomic.exchange = lambda first, second: False  # a system without atomic exchange: two renames
-    rename = os.rename
-    def first_rename_then_die(source, target):
-        rename(source, target)
-        if str(source) == out:
-            os._exit(9)
-    atomic.os.rename = first_rename_then_die
-elif point == "after-exchange":
-    atomic.shutil.rmtree = die
 sys.exit(main(["build", "--labels", labels, "--encoder", model, "--out", out]))
 """
 BUILD_POINTS = ["reading-catalogue", "encoding", "writing-label-store", "writing-faiss", "writing-manifest",
