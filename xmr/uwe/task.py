@@ -27,7 +27,6 @@ import torch
 from xmr.encoders import load_encoder
 from xmr.errors import XMRError
 from xmr.evaluation import evaluate
-from xmr.io.atomic import write_folder_atomically
 from xmr.train.losses import ModelOutput, make_loss
 from xmr.train.recipe import OptimizerSpec, RecipeError, ScheduleSpec
 from xmr.train.tasks import register_task
@@ -187,7 +186,7 @@ class UWETask(Task):
         return report["metrics"]
 
     def save(self, which: str) -> None:
-        write_folder_atomically(self.context.run / ("encoder" if which == "best" else "last"), self.encoder.save)
+        self.save_encoder_folder(self.encoder, which)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"plan_graphs": self.plan_graphs, "plan": np.concatenate(self.plan),

@@ -158,6 +158,13 @@ class Task(ABC):
     def save(self, which: str) -> None:
         """Keep the current weights as ``"best"`` or ``"last"`` (main process only)."""
 
+    def save_encoder_folder(self, encoder: Any, which: str) -> None:
+        """``runs/NAME/encoder`` (best) or ``runs/NAME/last``: an ordinary encoder folder, written atomically (what
+        :meth:`save` does for tasks that train one encoder)."""
+        from xmr.io.atomic import write_folder_atomically
+
+        write_folder_atomically(self.context.run / ("encoder" if which == "best" else "last"), encoder.save)
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Arrays a checkpoint must hold to resume exactly (the epoch's plan, mined negatives ...)."""
         return {}

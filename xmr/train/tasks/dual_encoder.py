@@ -25,7 +25,6 @@ from xmr.encoders import Encoder, load_encoder
 from xmr.errors import XMRError
 from xmr.evaluation import evaluate
 from xmr.index import build_index_from_embeddings
-from xmr.io.atomic import write_folder_atomically
 from xmr.train import distributed, label_vectors
 from xmr.train.batches import clustered_plan, make_batch, random_plan
 from xmr.train.losses import ModelOutput, make_loss
@@ -274,7 +273,7 @@ class DualEncoderTask(Task):
 
     def save(self, which: str) -> None:
         """``runs/NAME/encoder`` (best) or ``runs/NAME/last``: ordinary encoder folders."""
-        write_folder_atomically(self.context.run / ("encoder" if which == "best" else "last"), self.encoder.save)
+        self.save_encoder_folder(self.encoder, which)
 
     def arrays(self) -> dict[str, np.ndarray]:
         arrays = {"plan": np.concatenate(self.plan), "plan_sizes": np.array([len(batch) for batch in self.plan])}
