@@ -49,7 +49,7 @@ from xmr.train.batches import TrainingPairs
 from xmr.train.recipe import DataSpec, OptimizerSpec, ScheduleSpec
 from xmr.train.tasks import register_task
 from xmr.train.tasks.base import LoopSettings, ParameterGroup, Task, TaskContext
-from xmr.train.tasks.dual_encoder import optimizer_problems, truncation
+from xmr.train.tasks.dual_encoder import optimizer_problems, schedule_problems, truncation
 
 BODIES = ("setfit", "label")  # the branches, and their folders under runs/NAME/bodies/{best,last}/
 
@@ -122,12 +122,7 @@ class FusionSentTask(Task):
             problems.append("fusionsent.margin: must be positive")
         if not spec.head.c or min(spec.head.c) <= 0:
             problems.append("fusionsent.head.c: one or more positive values")
-        schedule = sections.schedule
-        if schedule.max_steps is not None and schedule.max_steps < 0:
-            problems.append("schedule.max_steps: must be at least 0")
-        if schedule.max_steps is None and schedule.epochs <= 0:
-            problems.append("schedule.epochs: must be positive (or set schedule.max_steps)")
-        return problems + optimizer_problems(sections.optimizer)
+        return problems + schedule_problems(sections.schedule) + optimizer_problems(sections.optimizer)
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)

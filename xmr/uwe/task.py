@@ -31,7 +31,7 @@ from xmr.train.losses import ModelOutput, make_loss
 from xmr.train.recipe import OptimizerSpec, RecipeError, ScheduleSpec
 from xmr.train.tasks import register_task
 from xmr.train.tasks.base import LoopSettings, ParameterGroup, Task, TaskContext
-from xmr.train.tasks.dual_encoder import optimizer_problems, truncation
+from xmr.train.tasks.dual_encoder import optimizer_problems, schedule_problems, truncation
 from xmr.uwe.encoder import LateInteractionEncoder
 from xmr.uwe.graphs import GraphSpec, graph_batch, load_graphs, mixture_plan
 from xmr.uwe.index import DEFAULT_RERANK, build_uwe_index
@@ -105,7 +105,7 @@ class UWETask(Task):
             problems.append("index.rerank: must be at least 1")
         if sections.schedule.max_steps is None and sections.schedule.epochs <= 0:
             problems.append("schedule.epochs: must be positive (or set schedule.max_steps)")
-        return problems + optimizer_problems(sections.optimizer)
+        return problems + schedule_problems(sections.schedule) + optimizer_problems(sections.optimizer)
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)

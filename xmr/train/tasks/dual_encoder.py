@@ -127,7 +127,18 @@ def optimizer_problems(optimizer: Any) -> list[str]:
         problems.append("optimizer.weight_decay: must be at least 0")
     if optimizer.clip_norm is not None and optimizer.clip_norm <= 0:
         problems.append("optimizer.clip_norm: must be positive (or null: no clipping)")
+    if not 0 <= optimizer.warmup <= 1:
+        problems.append("optimizer.warmup: a fraction of the steps, from 0 to 1")
     return problems
+
+
+def schedule_problems(schedule: Any) -> list[str]:
+    """Range problems of the ``schedule`` section (``max_steps: 0`` is allowed: the index stages only)."""
+    if schedule.max_steps is not None and schedule.max_steps < 0:
+        return ["schedule.max_steps: must be at least 0"]
+    if schedule.max_steps is None and schedule.epochs <= 0:
+        return ["schedule.epochs: must be positive (or set schedule.max_steps)"]
+    return []
 
 
 class DualEncoderTask(Task):
@@ -154,14 +165,7 @@ class DualEncoderTask(Task):
         problems += [f"{path}: must be at least 1" for path, value in at_least_one.items() if value < 1]
         if len(sections.negatives.propensity) != 2:
             problems.append("negatives.propensity: two numbers, A and B")
-        schedule = sections.schedule
-        if schedule.max_steps is not None and schedule.max_steps < 0:
-            problems.append("schedule.max_steps: must be at least 0")
-        if schedule.max_steps is None and schedule.epochs <= 0:
-            problems.append("schedule.epochs: must be positive (or set schedule.max_steps)")
-        if not 0 <= sections.optimizer.warmup <= 1:
-            problems.append("optimizer.warmup: a fraction of the steps, from 0 to 1")
-        return problems + optimizer_problems(sections.optimizer)
+        return problems + schedule_problems(sections.schedule) + optimizer_problems(sections.optimizer)
 
     def __init__(self, context: TaskContext) -> None:
         super().__init__(context)
