@@ -25,6 +25,7 @@ from xmr.errors import XMRError
 
 STRATEGIES = ("unique", "oversampling", "undersampling")
 LABEL_STRATEGIES = ("undersampling", "oversampling")
+COUNT_BLOCK = 1024  # distinct label sets per block of the pair count
 
 
 def few_shot_rows(positives: Sequence[np.ndarray], n_labels: int, shots: int, seed: int) -> np.ndarray:
@@ -62,20 +63,29 @@ class TextPairSampler:
         self.n_positive, self.n_negative = self._count_pairs()
 
     def _count_pairs(self) -> tuple[int, int]:
-        """Exact numbers of unordered positive and negative pairs of distinct texts, over distinct label sets."""
+        """Exact numbers of unordered positive and negative pairs of distinct texts, over distinct label sets: the
+        sparse product of the (set x label) incidence matrix with itself, ``COUNT_BLOCK`` sets at a time, says which
+        sets share a label (memory bounded by a block's row of the product, time by its non-zeros)."""
+        from scipy import sparse
+
         groups: dict[frozenset[int], int] = {}
         for labels in self.positives:
             key = frozenset(labels.tolist())
             groups[key] = groups.get(key, 0) + 1
-        keys, counts = list(groups), np.array(list(groups.values()), dtype=np.int64)
-        positive = 0
-        for i, key in enumerate(keys):
-            positive += counts[i] * (counts[i] - 1) // 2  # the same set shares every label
-            for j in range(i + 1, len(keys)):
-                if key & keys[j]:
-                    positive += counts[i] * counts[j]
+        counts = np.array(list(groups.values()), dtype=np.int64)
+        indices = np.array([label for key in groups for label in sorted(key)], dtype=np.int64)
+        indptr = np.cumsum([0] + [len(key) for key in groups])
+        n_labels = len(self.by_label)
+        sets = sparse.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr),
+                                 shape=(len(groups), n_labels))
+        positive = int((counts * (counts - 1) // 2).sum())  # the same set shares every label
+        for start in range(0, len(groups), COUNT_BLOCK):
+            shared = (sets[start:start + COUNT_BLOCK] @ sets.T).tocoo()
+            rows = shared.row.astype(np.int64) + start
+            later = shared.col > rows  # each unordered pair of distinct sets once
+            positive += int((counts[rows[later]] * counts[shared.col[later]]).sum())
         n = len(self.positives)
-        return int(positive), int(n * (n - 1) // 2 - positive)
+        return positive, int(n * (n - 1) // 2 - positive)
 
     def sizes(self, strategy: str) -> tuple[int, int]:
         """(positive, negative) pairs of an uncapped epoch under ``strategy``."""

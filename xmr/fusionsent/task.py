@@ -78,9 +78,12 @@ class FusionSentSpec:
     batch_size: int = 16  # pairs per branch and micro-batch
     margin: float = 0.5  # ContrastiveLoss margin (cosine distance) of the label branch
     t: float = 0.5  # SLERP factor: 0 = the SetFit body, 1 = the label body
+    # "setfit" / "label": train that branch alone (an ablation; no fusion, runs/NAME/encoder is that body)
+    branches: Literal["both", "setfit", "label"] = "both"
     train_max_length: int | None = 64  # truncate texts while training (encoding keeps the encoder's length)
     branch_predictors: bool = False  # also write runs/NAME/branches/{setfit,label}: each body alone + its head
-    head: HeadSpec = field(default_factory=HeadSpec)
+    # null: no head, the run's output is the encoder only (for catalogues too large for one regression per label)
+    head: HeadSpec | None = field(default_factory=HeadSpec)
 
 
 @dataclass
@@ -120,7 +123,7 @@ class FusionSentTask(Task):
             problems.append("fusionsent.t: the SLERP factor is in [0, 1]")
         if spec.margin <= 0:
             problems.append("fusionsent.margin: must be positive")
-        if not spec.head.c or min(spec.head.c) <= 0:
+        if spec.head is not None and (not spec.head.c or min(spec.head.c) <= 0):
             problems.append("fusionsent.head.c: one or more positive values")
         return problems + schedule_problems(sections.schedule) + optimizer_problems(sections.optimizer)
 
@@ -136,23 +139,31 @@ class FusionSentTask(Task):
         self.texts = [pairs.queries[row] for row in rows]
         self.positives = [pairs.positives[row] for row in rows]
         device = context.processes.device
-        self.bodies = {name: load_encoder(context.sections.encoder, device=device) for name in BODIES}
+        self.names = BODIES if self.spec.branches == "both" else (self.spec.branches,)
+        self.bodies = {name: load_encoder(context.sections.encoder, device=device) for name in self.names}
         for body in self.bodies.values():
             body.train_mode(True)
         from sentence_transformers.sentence_transformer.losses import ContrastiveLoss, CosineSimilarityLoss
 
-        self.text_loss = CosineSimilarityLoss(self.bodies["setfit"].model)
-        self.label_loss = ContrastiveLoss(self.bodies["label"].model, margin=self.spec.margin)
-        self.sampler = TextPairSampler(self.positives, len(self.labels))
+        self.losses = {}
+        if "setfit" in self.bodies:
+            self.losses["setfit"] = CosineSimilarityLoss(self.bodies["setfit"].model)
+        if "label" in self.bodies:
+            self.losses["label"] = ContrastiveLoss(self.bodies["label"].model, margin=self.spec.margin)
+        self.sampler = TextPairSampler(self.positives, len(self.labels)) if "setfit" in self.bodies else None
         self.text_pairs = self.label_pairs = np.zeros((0, 3), dtype=np.int64)
         context.say(f"fusionsent: {len(self.texts)} training texts"
                     + (f" ({self.spec.shots} per label, seed {self.spec.shots_seed})" if self.spec.shots else "")
-                    + f"; {self.sampler.n_positive} positive / {self.sampler.n_negative} negative text pairs exist")
+                    + (f"; {self.sampler.n_positive} positive / {self.sampler.n_negative} negative text pairs exist"
+                       if self.sampler else "")
+                    + ("" if self.spec.branches == "both" else f"; the {self.spec.branches} branch alone"))
 
     def _epoch_sizes(self) -> tuple[int, int]:
+        """Text pairs and (text, label) pairs per epoch (0 for a branch that does not train)."""
         spec = self.spec
-        text = sum(self.sampler.sizes(spec.pair_sampling))
-        label = label_pair_count(self.positives, len(self.labels), spec.label_sampling)
+        text = sum(self.sampler.sizes(spec.pair_sampling)) if self.sampler else 0
+        label = (label_pair_count(self.positives, len(self.labels), spec.label_sampling)
+                 if "label" in self.bodies else 0)
         cap = spec.max_pairs if spec.max_pairs is not None else max(text, label)
         return min(text, cap), min(label, cap)
 
@@ -168,14 +179,17 @@ class FusionSentTask(Task):
 
     def parameter_groups(self) -> list[ParameterGroup]:
         lr = self.context.sections.optimizer.lr
-        return [ParameterGroup(f"{name}_body", self.bodies[name].parameter_groups()["encoder"], lr) for name in BODIES]
+        return [ParameterGroup(f"{name}_body", body.parameter_groups()["encoder"], lr)
+                for name, body in self.bodies.items()]
 
     def begin_epoch(self, epoch: int) -> int:
         rng = np.random.default_rng([self.context.recipe.seed, epoch, 15])
         spec = self.spec
         text_size, label_size = self._epoch_sizes()
-        self.text_pairs = self.sampler.sample(spec.pair_sampling, text_size, rng)
-        self.label_pairs = label_pairs(self.positives, len(self.labels), spec.label_sampling, label_size, rng)
+        if text_size:
+            self.text_pairs = self.sampler.sample(spec.pair_sampling, text_size, rng)
+        if label_size:
+            self.label_pairs = label_pairs(self.positives, len(self.labels), spec.label_sampling, label_size, rng)
         return math.ceil(max(len(self.text_pairs), len(self.label_pairs)) / spec.batch_size)
 
     def _slice(self, pairs: np.ndarray, position: int) -> np.ndarray:
@@ -183,31 +197,42 @@ class FusionSentTask(Task):
         size = self.spec.batch_size
         return pairs[np.arange(position * size, (position + 1) * size) % len(pairs)]
 
-    def forward(self, position: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """The SetFit-branch and label-branch losses of one micro-batch."""
-        text, label = self._slice(self.text_pairs, position), self._slice(self.label_pairs, position)
-        length = self.spec.train_max_length
-        setfit, label_body = self.bodies["setfit"], self.bodies["label"]
-        with truncation(setfit, length):
-            first = setfit.embed([self.texts[row] for row in text[:, 0]], "query")
-            second = setfit.embed([self.texts[row] for row in text[:, 1]], "query")
-        with truncation(label_body, length):
-            texts = label_body.embed([self.texts[row] for row in label[:, 0]], "query")
-            names = label_body.embed([self.label_items[row] for row in label[:, 1]], "label")
-        text_targets = torch.from_numpy(text[:, 2]).float().to(first.device)
-        label_targets = torch.from_numpy(label[:, 2]).float().to(texts.device)
-        return (self.text_loss.compute_loss_from_embeddings([first.float(), second.float()], text_targets),
-                self.label_loss.compute_loss_from_embeddings([texts.float(), names.float()], label_targets))
+    def forward(self, position: int, rng: np.random.Generator) -> list[torch.Tensor]:
+        """The SetFit-branch and label-branch losses of one micro-batch (those of the branches that train)."""
+        length, losses = self.spec.train_max_length, []
+        if "setfit" in self.bodies:
+            text, setfit = self._slice(self.text_pairs, position), self.bodies["setfit"]
+            with truncation(setfit, length):
+                first = setfit.embed([self.texts[row] for row in text[:, 0]], "query")
+                second = setfit.embed([self.texts[row] for row in text[:, 1]], "query")
+            targets = torch.from_numpy(text[:, 2]).float().to(first.device)
+            losses.append(self.losses["setfit"].compute_loss_from_embeddings([first.float(), second.float()],
+                                                                               targets))
+        if "label" in self.bodies:
+            label, label_body = self._slice(self.label_pairs, position), self.bodies["label"]
+            with truncation(label_body, length):
+                texts = label_body.embed([self.texts[row] for row in label[:, 0]], "query")
+                names = label_body.embed([self.label_items[row] for row in label[:, 1]], "label")
+            targets = torch.from_numpy(label[:, 2]).float().to(texts.device)
+            losses.append(self.losses["label"].compute_loss_from_embeddings([texts.float(), names.float()],
+                                                                              targets))
+        return losses
 
-    def loss(self, output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return output[0] + output[1]
+    def loss(self, output: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(output).sum()
+
+    def body(self, bodies: dict[str, Encoder]) -> Encoder:
+        """The run's output body: the SLERP of both bodies, or the one branch that trained."""
+        if self.spec.branches == "both":
+            return fuse(bodies["setfit"], bodies["label"], self.spec.t)
+        return bodies[self.spec.branches]
 
     def validate(self) -> dict[str, float] | None:
-        """Ranking and set metrics of fused body + head on the held-out validation queries."""
-        if self.data.validation is None:
+        """Ranking and set metrics of fused body + head on the held-out validation queries (none without a head)."""
+        if self.data.validation is None or self.spec.head is None:
             return None
         try:
-            head = self.head(fuse(self.bodies["setfit"], self.bodies["label"], self.spec.t))
+            head = self.head(self.body(self.bodies))
             report = evaluate(head, self.data.validation, ks=self.context.recipe.evaluation.ks,
                               train=self.data.train)
         finally:
@@ -262,19 +287,21 @@ class FusionSentTask(Task):
         """``runs/NAME/encoder`` (the fused body), ``runs/NAME/predictor`` (fused body + head) and, with
         ``branch_predictors``, ``runs/NAME/branches/{setfit,label}`` (each body + its own head)."""
         run, device, started = self.context.run, self.context.processes.device, time.perf_counter()
-        bodies = {name: load_encoder(run / "bodies" / "best" / name, device=device) for name in BODIES}
-        fused = fuse(bodies["setfit"], bodies["label"], self.spec.t)
+        bodies = {name: load_encoder(run / "bodies" / "best" / name, device=device) for name in self.names}
+        fused = self.body(bodies)
         write_folder_atomically(run / "encoder", fused.save)
-        head = self.head(fused)
-        head.save(run / "predictor")
-        outputs: dict[str, Any] = {"encoder": str(run / "encoder"), "predictor": str(run / "predictor"),
-                                   "train_texts": len(self.texts), "t": self.spec.t,
-                                   "threshold": float(np.median(head.thresholds))}
-        if self.spec.branch_predictors:
+        outputs: dict[str, Any] = {"encoder": str(run / "encoder"), "train_texts": len(self.texts),
+                                   "t": self.spec.t, "trained_branches": self.spec.branches}
+        if self.spec.head is not None:
+            head = self.head(fused)
+            head.save(run / "predictor")
+            outputs.update(predictor=str(run / "predictor"), threshold=float(np.median(head.thresholds)))
+        if self.spec.branch_predictors and self.spec.head is not None and len(bodies) > 1:
             outputs["branches"] = {}
             for name, body in bodies.items():
                 self.head(body).save(run / "branches" / name)
                 outputs["branches"][name] = str(run / "branches" / name)
         outputs["head_seconds"] = round(time.perf_counter() - started, 1)
-        self.context.say(f"fusionsent: fused body {run / 'encoder'}, predictor {run / 'predictor'}")
+        self.context.say(f"fusionsent: body {run / 'encoder'}"
+                         + (f", predictor {run / 'predictor'}" if self.spec.head is not None else ""))
         return outputs
