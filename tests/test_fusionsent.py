@@ -75,6 +75,15 @@ def test_pair_counts_are_exact_without_listing_pairs():
     assert sampler.sizes("oversampling") == (max(sampler.n_positive, sampler.n_negative),) * 2
 
 
+def test_pair_counts_stay_exact_across_count_blocks(monkeypatch):
+    import xmr.fusionsent.pairs as pairs
+
+    positives = random_positives(n=300, n_labels=40, seed=3)  # ~290 distinct label sets
+    brute = sum(bool(set(a) & set(b)) for a, b in combinations([p.tolist() for p in positives], 2))
+    monkeypatch.setattr(pairs, "COUNT_BLOCK", 7)  # many blocks, the last one partial
+    assert TextPairSampler(positives, 40).n_positive == brute
+
+
 def test_sampled_pairs_obey_their_targets_and_strategies():
     positives = random_positives()
     sampler = TextPairSampler(positives, 8)
@@ -241,6 +250,19 @@ def test_fusionsent_trains_both_branches_fuses_and_writes_a_predictor(tiny_model
     assert all(report["set_metrics"]["micro_f1"] > 0.3 for report in reports.values())
     assert reports["fused"]["predictor"]["head"]["thresholds_tuned_on"] == 20
     assert summary["train_texts"] < 160  # the few-shot sample, not the whole split
+
+
+def test_the_label_branch_alone_trains_one_body_and_writes_an_encoder_without_a_head(tiny_model, tmp_path):
+    summary = train(load_recipe(recipe_file(tmp_path, tiny_model, branches="label", head=None)),
+                    say=lambda message: None)
+    run, data = tmp_path / "runs" / "fs", tmp_path / "data"
+    assert sorted(path.name for path in (run / "bodies" / "best").iterdir()) == ["label"]
+    assert "predictor" not in summary and not (run / "predictor").exists() and "branches" not in summary
+    body = xmr.load_encoder(summary["encoder"])  # the label body itself, not a fusion
+    label_body = xmr.load_encoder(run / "bodies" / "best" / "label")
+    assert all(torch.equal(body.model.state_dict()[name], tensor)
+               for name, tensor in label_body.model.state_dict().items())
+    assert zero_shot_p1(body, data) > zero_shot_p1(xmr.load_encoder(tiny_model), data) + 0.2
 
 
 def test_fusionsent_recipe_problems_are_named(tiny_model, tmp_path):
