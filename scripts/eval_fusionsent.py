@@ -15,7 +15,8 @@ pair steps and text length), with its train time. ``--large-shots K`` (``--large
 
 ESCO (``--esco``, after ``scripts/prepare_esco_pairs.py``): ``xmr train fusionsent-esco``, the label branch alone on
 the catalogue-derived (query, skill) pairs, as a flat label index; test RP@10 per subset beside the zero-shot MiniLM
-(computed in the run) and the dual encoder of ``esco-minilm.yaml`` (its committed report). Output ``--esco-out``.
+(its committed ``xmr eval`` report, or computed in the run with ``--esco-zero-shot``) and the dual encoder of
+``esco-minilm.yaml`` (its committed report). Output ``--esco-out``.
 
 TIBKAT (``--tibkat-shots 8 16``): a subset of the GND headings with at least ``--tibkat-min-train`` training
 records (``--tibkat-labels`` of them, ``--tibkat-test`` test records; see :func:`tibkat_subset`), the Reuters
@@ -219,9 +220,9 @@ def esco_rp10(report: dict[str, Any]) -> dict[str, float]:
 
 
 def esco_label_branch(args: argparse.Namespace) -> dict[str, Any]:
-    """The bundled MiniLM zero-shot, then ``xmr train fusionsent-esco`` (the label branch alone, ``--esco-steps``
-    steps of ``--esco-batch`` pairs): each as a flat label index over the benchmark's skills, scored on the test
-    split per subset."""
+    """``xmr train fusionsent-esco`` (the label branch alone, ``--esco-steps`` steps of ``--esco-batch`` pairs) as a
+    flat label index over the benchmark's skills, scored on the test split per subset; the bundled MiniLM zero-shot
+    scored the same way with ``--esco-zero-shot``, else read from its committed ``xmr eval`` report."""
     catalogue = LabelCatalogue.from_file(ESCO / "labels.jsonl")
     test = read_instances(ESCO / "test.jsonl")
 
@@ -231,11 +232,13 @@ def esco_label_branch(args: argparse.Namespace) -> dict[str, Any]:
                                             encoder=encoder)
         return esco_rp10(evaluate(index, test, ks=(1, 5, 10), group_by="subset"))
 
-    zero = scored({"type": "sentence-transformers", "model": "all-MiniLM-L6-v2", "max_seq_length": 64})
+    zero = (scored({"type": "sentence-transformers", "model": "all-MiniLM-L6-v2", "max_seq_length": 64})
+            if args.esco_zero_shot else esco_committed("esco-minilm-zeroshot"))
     overrides = {"name": "fusionsent-esco", "output": args.runs, "data.train": args.esco_pairs,
                  "schedule.max_steps": args.esco_steps, "fusionsent.batch_size": args.esco_batch}
     summary = train(load_recipe("fusionsent-esco", overrides), restart=True, say=print)
     return {"train_texts": summary["train_texts"], "steps": summary["steps"], "batch_size": args.esco_batch,
+            "zero_shot_in_run": args.esco_zero_shot,
             "train_seconds": summary["train_seconds"],
             "methods": {"zero-shot MiniLM": zero, "FusionSent label branch alone": scored(summary["encoder"])}}
 
@@ -252,6 +255,8 @@ def aggregate_esco(out: Path) -> None:
     if run is None:
         return
     rows = {**run["methods"], "dual encoder (esco-minilm.yaml), committed": esco_committed("esco-minilm-finetuned")}
+    zero_source = ("computed in this run" if run.get("zero_shot_in_run") else
+                   "read from `eval/results/esco-minilm-zeroshot` (the same test split and metrics)")
     (out / "summary.json").write_text(json.dumps({"test_rp10_by_subset": rows, "run": run}, indent=2) + "\n")
     groups = ("house", "tech", "techwolf", "all")
     lines = ["# FusionSent's label branch alone on ESCO skill extraction (test split, 926 sentences)", "",
@@ -270,6 +275,7 @@ def aggregate_esco(out: Path) -> None:
     lines += ["", f"The label branch: `training/fusionsent-esco.yaml` ({steps} steps of {batch} pairs, "
               "ContrastiveLoss at margin 0.5 on cosine distance, one sampled other skill per positive, AdamW lr 2e-5, "
               f"texts cut to 32 tokens while training), {run['train_seconds']:.0f} s of steps on 2 shared cores. "
+              f"The zero-shot row is {zero_source}. "
               "The dual encoder row is `eval/results/esco-minilm-finetuned` (recipe `training/esco-minilm.yaml`), "
               "read from its committed metrics because its run folder is not kept; it saw about "
               f"{238 * 64 / max(1, steps * batch // 2):.0f}x as many positive pairs, so the pair budgets are not "
@@ -491,6 +497,8 @@ def main() -> None:
                         help="scripts/prepare_esco_pairs.py's output")
     parser.add_argument("--esco-steps", type=int, default=80)
     parser.add_argument("--esco-batch", type=int, default=64)
+    parser.add_argument("--esco-zero-shot", action="store_true",
+                        help="score the zero-shot MiniLM in the run (default: eval/results/esco-minilm-zeroshot)")
     parser.add_argument("--tibkat-shots", type=int, nargs="*", default=[], help="k of the TIBKAT few-shot runs")
     parser.add_argument("--tibkat-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--tibkat-labels", type=int, default=100, help="headings in the TIBKAT subset")

@@ -18,7 +18,7 @@ from xmr.datasets import read_instances
 from xmr.errors import IndexFolderError, InvalidArgument
 from xmr.evaluation import evaluate
 from xmr.fusionsent.head import fit_head, label_sets, multi_hot, probabilities, tune_thresholds
-from xmr.fusionsent.pairs import TextPairSampler, few_shot_rows, label_pair_count, label_pairs
+from xmr.fusionsent.pairs import TextPairSampler, few_shot_rows, label_pair_count, label_pairs, other_labels
 from xmr.fusionsent.predictor import ClassifierHead, head_label_index
 from xmr.fusionsent.slerp import slerp, slerp_state_dicts
 from xmr.index import build_index_from_embeddings
@@ -73,6 +73,13 @@ def test_pair_counts_are_exact_without_listing_pairs():
     assert sampler.n_negative == 60 * 59 // 2 - brute
     assert sampler.sizes("undersampling") == (min(sampler.n_positive, sampler.n_negative),) * 2
     assert sampler.sizes("oversampling") == (max(sampler.n_positive, sampler.n_negative),) * 2
+
+
+def test_other_labels_are_distinct_non_positives_by_either_path():
+    rng = np.random.default_rng(0)
+    assert sorted(other_labels(np.arange(6), 8, 2, rng).tolist()) == [6, 7]  # most labels positive: listed
+    drawn = np.concatenate([other_labels(np.array([3, 9]), 20_000, 2, rng) for _ in range(2000)])  # rejection
+    assert not np.isin(drawn, [3, 9]).any() and len(np.unique(drawn)) > 3000  # spread, not a fixed few
 
 
 def test_pair_counts_stay_exact_across_count_blocks(monkeypatch):

@@ -141,11 +141,11 @@ def label_pairs(positives: Sequence[np.ndarray], n_labels: int, strategy: str, m
     parts = []
     for row, labels in enumerate(positives):
         labels = np.asarray(labels, dtype=np.int64)
-        others = np.setdiff1d(np.arange(n_labels), labels)
         if strategy == "undersampling":
-            negatives = rng.choice(others, size=min(len(labels), len(others)), replace=False)
+            negatives = other_labels(labels, n_labels, min(len(labels), n_labels - len(labels)), rng)
             chosen_positives = labels
         else:
+            others = np.setdiff1d(np.arange(n_labels), labels)
             negatives = others
             chosen_positives = np.concatenate([labels, rng.choice(labels, size=max(0, len(others) - len(labels)))])
         parts.append(np.stack([np.full(len(chosen_positives), row), chosen_positives,
@@ -155,6 +155,21 @@ def label_pairs(positives: Sequence[np.ndarray], n_labels: int, strategy: str, m
     pairs = np.concatenate(parts).astype(np.int64)
     pairs = pairs[rng.permutation(len(pairs))]
     return pairs[:max_pairs] if max_pairs is not None else pairs
+
+
+def other_labels(labels: np.ndarray, n_labels: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct labels outside ``labels``, uniformly at random: drawn and rejected one at a time when
+    ``labels`` is a small part of the catalogue (a text's few labels among thousands: listing the other labels for
+    every text cost 2.6 ms a text on 13,896 ESCO skills), else chosen from the listed others."""
+    if 2 * len(labels) > n_labels:
+        return rng.choice(np.setdiff1d(np.arange(n_labels), labels), size=count, replace=False)
+    taken, chosen = set(labels.tolist()), []
+    while len(chosen) < count:
+        label = int(rng.integers(n_labels))
+        if label not in taken:
+            taken.add(label)
+            chosen.append(label)
+    return np.array(chosen, dtype=np.int64)
 
 
 def label_pair_count(positives: Sequence[np.ndarray], n_labels: int, strategy: str) -> int:
