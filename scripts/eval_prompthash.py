@@ -92,7 +92,13 @@ def part_coco(args: argparse.Namespace) -> None:
     summary = json.loads((run / "summary.json").read_text())
     trained = load_encoder(summary["encoder"])
     initial = load_encoder({**trained.config(), "model": None})
-    results: dict = {"train_seconds": round(train_seconds, 1), "encoder": Path(summary["encoder"]).name}
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    results: dict = {"train_seconds": round(train_seconds, 1), "encoder": Path(summary["encoder"]).name,
+                     "selection_metric": json.loads((run / "recipe.json").read_text())["evaluation"]["metric"],
+                     "best_step": (summary.get("best") or {}).get("step"), "steps": summary["steps"],
+                     "validation": [{"step": entry["step"], **{key: value for key, value in entry["validation"].items()
+                                                               if key.startswith("mAP")}}
+                                    for entry in log if "validation" in entry]}
     rng = np.random.default_rng(0)
     for split in ("test", "train"):
         data = read_instances(str(DATA / "coco-mini" / f"{split}.jsonl"))
@@ -125,10 +131,14 @@ def part_coco(args: argparse.Namespace) -> None:
         for mode, knobs in (("hamming", {"rerank": 0}), ("+ float re-rank", {}))}
     lines = ["# PromptHash on COCO-mini (tiny random open_clip towers: mechanism, not a benchmark)", "",
              "Relevance = sharing a COCO category; each image's caption is its first one. Training: `xmr train "
-             f"prompthash-coco-mini` ({results['train_seconds']} s here; 0 if the run existed) on the 80 train images, "
-             f"{results['encoder']} weights.", ""]
+             f"prompthash-coco-mini` ({results['train_seconds']} s here; 0 if the run existed) on 64 of the 80 train "
+             f"images; the {results['encoder']} weights: step {results['best_step']} of {results['steps']}, the "
+             f"validation step with the highest `{results['selection_metric']}` (mean of I->T and T->I Hamming mAP "
+             "among the 16 held-out images and their captions). Validation mAP by step: " + ", ".join(
+                 f"{v['step']}: {100 * v['mAP']:.1f}" for v in results["validation"] if "mAP" in v) + ".", ""]
     columns = ("I->T mAP", "T->I mAP", "I->T mAP@10", "T->I mAP@10", "I->T P(H<=2)", "T->I P(H<=2)")
-    for split, title in (("test", "79 test images (never seen)"), ("train", "the 80 train images (trained on)")):
+    for split, title in (("test", "79 test images (never seen)"),
+                         ("train", "the 80 train images (64 trained on, 16 held out for selection)")):
         lines += [f"## {title}", "", "| bits | codes | " + " | ".join(columns) + " |", "|---|---|" + "---|" * 6]
         for bits, entry in results[split]["bits"].items():
             for name, values in entry.items():
