@@ -83,17 +83,15 @@ def part_coco(args: argparse.Namespace) -> None:
     from xmr.train.recipe import load_recipe
 
     run = ROOT / "runs" / "prompthash-coco-mini"
-    started = time.perf_counter()
     if not (run / "summary.json").is_file():
         os.chdir(ROOT)
         train(load_recipe("prompthash-coco-mini"), restart=run.exists())
-    train_seconds = time.perf_counter() - started
     labels = LabelCatalogue.from_file(DATA / "coco-mini" / "labels.jsonl")
     summary = json.loads((run / "summary.json").read_text())
     trained = load_encoder(summary["encoder"])
     initial = load_encoder({**trained.config(), "model": None})
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    results: dict = {"train_seconds": round(train_seconds, 1), "encoder": Path(summary["encoder"]).name,
+    results: dict = {"train_seconds": summary["train_seconds"], "encoder": Path(summary["encoder"]).name,
                      "selection_metric": json.loads((run / "recipe.json").read_text())["evaluation"]["metric"],
                      "best_step": (summary.get("best") or {}).get("step"), "steps": summary["steps"],
                      "validation": [{"step": entry["step"], **{key: value for key, value in entry["validation"].items()
@@ -131,7 +129,7 @@ def part_coco(args: argparse.Namespace) -> None:
         for mode, knobs in (("hamming", {"rerank": 0}), ("+ float re-rank", {}))}
     lines = ["# PromptHash on COCO-mini (tiny random open_clip towers: mechanism, not a benchmark)", "",
              "Relevance = sharing a COCO category; each image's caption is its first one. Training: `xmr train "
-             f"prompthash-coco-mini` ({results['train_seconds']} s here; 0 if the run existed) on 64 of the 80 train "
+             f"prompthash-coco-mini` ({results['train_seconds']} s of training here) on 64 of the 80 train "
              f"images; the {results['encoder']} weights: step {results['best_step']} of {results['steps']}, the "
              f"validation step with the highest `{results['selection_metric']}` (mean of I->T and T->I Hamming mAP "
              "among the 16 held-out images and their captions). Validation mAP by step: " + ", ".join(
@@ -253,8 +251,8 @@ def part_text(name: str) -> None:
         rows[label] = entry
         print(label, {key: round(100 * entry[key], 2) for key in shown}, flush=True)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    validation = [{"step": entry["step"], **{key: entry["validation"][key] for key in shown
-                                             if key in entry["validation"]}}
+    metric = recipe["evaluation"]["metric"]
+    validation = [{"step": entry["step"], metric: entry["validation"][metric]}
                   for entry in log if "validation" in entry]
     summary = json.loads((run / "summary.json").read_text())
     code_bytes, float_bytes = encoder.bits // 8, towers.features * 4
@@ -279,9 +277,9 @@ def part_text(name: str) -> None:
         for label, entry in rows.items():
             lines.append(f"- {label}: " + ", ".join(f"{g} {100 * v.get('RP@10', float('nan')):.2f}"
                                                   for g, v in entry["groups"].items()))
-    lines += ["", f"Validation during `xmr train {run_name}` (Hamming only, {shown[-1]}; best step "
-              f"{results['best_step']}, kept): " + ", ".join(
-                  f"step {v['step']} {100 * v[shown[-1]]:.2f}" for v in validation if shown[-1] in v), "",
+    lines += ["", f"Validation during `xmr train {run_name}` (Hamming only, {metric}; best step "
+              f"{results['best_step']}, kept): " + ", ".join(f"step {v['step']} {100 * v[metric]:.2f}"
+                                                             for v in validation), "",
               f"Training: `xmr train {run_name}` (runs/{run_name}, {summary.get('train_seconds')} s); QPS: all test "
               "queries in one batch, best of 3, precomputed query vectors/codes, 2 shared CPU cores (loaded by other "
               "jobs)."]
