@@ -235,9 +235,11 @@ def part_text(name: str) -> None:
         systems.append((f"{encoder.bits}-bit {baseline}, Hamming", built, query_codes, {"rerank": 0}))
         systems += [(f"{encoder.bits}-bit {baseline} + float re-rank of top {d}", built, query_codes, {"rerank": d})
                     for d in depths]
-    systems.append((f"{encoder.bits}-bit trained PromptHash head, Hamming", index, queries, {"rerank": 0}))
-    systems += [(f"{encoder.bits}-bit trained PromptHash head + float re-rank of top {d}", index, queries,
-                 {"rerank": d}) for d in depths]
+    best_step = (json.loads((run / "summary.json").read_text()).get("best") or {}).get("step")
+    head = "trained PromptHash head" if best_step else "PromptHash head as the run kept it (step 0: its init)"
+    systems.append((f"{encoder.bits}-bit {head}, Hamming", index, queries, {"rerank": 0}))
+    systems += [(f"{encoder.bits}-bit {head} + float re-rank of top {d}", index, queries, {"rerank": d})
+                for d in depths]
     systems.append(("float MiniLM (Flat, inner product)", float_index, query_floats.numpy(), {}))
     rows = {}
     for label, predictor, vectors, knobs in systems:
@@ -284,6 +286,43 @@ def part_text(name: str) -> None:
               "queries in one batch, best of 3, precomputed query vectors/codes, 2 shared CPU cores (loaded by other "
               "jobs)."]
     write(RESULTS / f"prompthash-{name}", results, "\n".join(lines) + "\n")
+
+
+def part_ablation(name: str) -> None:
+    """The validation curves of every ``runs/<recipe>*`` run (variants of the recipe trained with ``--set``), with
+    the settings that differ between them, into ``ablation.md`` beside the part's report."""
+    run_name = TEXT_PARTS[name][0]
+    runs = sorted(path for path in (ROOT / "runs").glob(f"{run_name}*") if (path / "log.jsonl").is_file())
+    keys = ("init", "bank_init", "prompt", "lr", "epochs")
+    loss_keys = ("balanced", "mu")
+    lines = [f"# Which training settings let the text-only hash head learn on {name}", "",
+             "Validation (Hamming only, the recipe's metric) at each epoch of each run of the recipe and its variants "
+             f"(`xmr train {run_name} --set ...`); step 0 is the untrained head. A run that was stopped early shows "
+             "the epochs it reached.", "",
+             "| run | " + " | ".join(keys + loss_keys) + " | validation by step | best step |",
+             "|---|" + "---|" * (len(keys) + len(loss_keys) + 2)]
+    rows = []
+    for run in runs:
+        recipe = json.loads((run / "recipe.json").read_text())
+        spec, metric = recipe["prompthash"], recipe["evaluation"]["metric"]
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        curve = [(entry["step"], entry["validation"][metric], entry["validation"].get("P@1")) for entry in log
+                 if "validation" in entry]
+        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        best = (summary.get("best") or {}).get("step", "(unfinished)")
+        settings = [spec.get(key, "random" if key.endswith("init") else "") for key in keys]
+        settings += [spec.get("loss", {}).get(key, False if key == "balanced" else "") for key in loss_keys]
+        rows.append({"run": run.name, "settings": dict(zip(keys + loss_keys, settings, strict=True)),
+                     "validation": [{"step": step, metric: value, "P@1": p1} for step, value, p1 in curve],
+                     "best_step": best})
+        lines.append(f"| {run.name} | " + " | ".join(str(value) for value in settings) + " | " + ", ".join(
+            f"{step}: {metric} {100 * value:.1f} / P@1 {100 * p1:.1f}" for step, value, p1 in curve)
+            + f" | {best} |")
+    folder = RESULTS / f"prompthash-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (folder / "ablation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 # ---- PyPI summaries ----------------------------------------------------------------------------------------------
@@ -356,7 +395,7 @@ def part_pypi(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["coco", "reuters", "esco", "pypi"], required=True)
+    parser.add_argument("--part", choices=["coco", "reuters", "esco", "esco-ablation", "pypi"], required=True)
     parser.add_argument("--n", type=int, default=200_000, help="pypi: catalogue rows (as many as are cached)")
     parser.add_argument("--head", type=Path, default=ROOT / "runs" / "hash-reuters" / "prompthash" / "best",
                         help="pypi: the text hash head (encoder folder)")
@@ -369,6 +408,8 @@ def main() -> None:
         part_coco(args)
     elif args.part == "pypi":
         part_pypi(args)
+    elif args.part.endswith("-ablation"):
+        part_ablation(args.part.removesuffix("-ablation"))
     else:
         part_text(args.part)
 
