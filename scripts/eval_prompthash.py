@@ -5,15 +5,18 @@ eval/bench/prompthash-pypi/.
     .venv/bin/python scripts/eval_prompthash.py --part reuters   # needs runs/hash-reuters (xmr train hash-reuters)
     .venv/bin/python scripts/eval_prompthash.py --part esco      # needs runs/hash-esco (xmr train hash-esco)
     .venv/bin/python scripts/eval_prompthash.py --part pypi      # codes of the first --n PyPI summaries
+    .venv/bin/python scripts/eval_prompthash.py --part esco-ablation   # validation curves of runs/hash-esco*
+    .venv/bin/python scripts/eval_prompthash.py --part esco-bits       # PCA-ITQ / LSH at 64, 128, 256 bits
 
 coco: I->T and T->I mAP (whole ranking and @10) and precision within Hamming radius 2 on the 79 test images and
 their first captions, at 16/32/64 bits, before training (the run's initial weights), after training, random codes,
 and float retrieval with the same towers (cosine of the tower vectors, initial and trained); plus the run's index
 (the 80 category names as 64-bit codes) scored by ``xmr.evaluation.evaluate`` with and without float re-rank.
-reuters / esco: P@k, RP@10 of Hamming search with and without float re-rank, the untrained hash head, and the float
-MiniLM index; bytes per label and QPS (all test queries in one batch, best of 3). pypi: recall@10 against exact
-float search and QPS of the Reuters-trained hash head's codes (Hamming, + float re-rank, multi-index hashing), of
-sign random projections (LSH) and of the float recipes, on the MiniLM vectors ``scripts/bench_index.py`` caches.
+reuters / esco: P@k, RP@10 of Hamming search with and without float re-rank, the untrained hash head, PCA-ITQ
+(faiss ITQTransform) and sign random projection baselines, and the float MiniLM index; bytes per label and QPS (all
+test queries in one batch, best of 3). pypi: recall@10 against exact float search and QPS of a hash head's codes
+(Hamming, + float re-rank, multi-index hashing), of PCA-ITQ and sign random projections (LSH) and of the float
+recipes, on the MiniLM vectors ``scripts/bench_index.py`` caches (as many 50k-row chunks as are there).
 """
 
 from __future__ import annotations
@@ -288,6 +291,43 @@ def part_text(name: str) -> None:
     write(RESULTS / f"prompthash-{name}", results, "\n".join(lines) + "\n")
 
 
+def part_code_length(name: str) -> None:
+    """How many bits the data-independent baselines need: PCA-ITQ and LSH codes of the frozen MiniLM vectors at
+    64/128/256 bits, Hamming only and with float re-rank (no training: what code length alone buys)."""
+    from xmr.prompthash.towers import TextTowers
+    from xmr.train.data import TrainingData
+    from xmr.train.recipe import load_recipe
+
+    run_name, data, ks, shown, group = TEXT_PARTS[name]
+    os.chdir(ROOT)
+    spec = load_recipe(run_name).tasks["prompthash"]
+    towers = TextTowers(spec.prompthash.towers["model"])
+    labels = LabelCatalogue.from_file(data / "labels.jsonl")
+    test = read_instances(str(data / "test.jsonl"))
+    training = TrainingData.load(spec.data, 0, say=lambda line: None)
+    train_floats = towers.encode([item_parts(item)[1] for item in training.pairs.queries], "query")
+    label_floats, query_floats = towers.encode(labels.texts, "label"), towers.encode(test.texts, "query")
+    rows = {}
+    for bits in (64, 128, 256):
+        for baseline, (label_codes, query_codes) in linear_hashes(np.concatenate([label_floats, train_floats]),
+                                                                  label_floats, query_floats, bits).items():
+            built = build_index_from_embeddings(labels, label_codes, None,
+                                                recipe=IndexRecipe("baseline", "BFlat", rerank=200))
+            for depth in (0, 50, 200):
+                report = evaluate(built, test, ks=ks, query_vectors=query_codes, rerank=depth)
+                rows[f"{bits}-bit {baseline}" + (f" + float re-rank of top {depth}" if depth else ", Hamming")] = {
+                    key: report["metrics"][key] for key in shown}
+                print(list(rows)[-1], rows[list(rows)[-1]], flush=True)
+    lines = [f"# Code length of the data-independent baselines on {name} (no training)", "",
+             f"{len(test)} test queries, {len(labels)} labels; PCA-ITQ fitted as in report.md. Float MiniLM: see "
+             "report.md.", "", "| codes | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    lines += [f"| {label} | " + " | ".join(f"{100 * entry[key]:.2f}" for key in shown) + " |"
+              for label, entry in rows.items()]
+    folder = RESULTS / f"prompthash-{name}"
+    (folder / "code-length.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (folder / "code-length.md").write_text("\n".join(lines) + "\n")
+
+
 def part_ablation(name: str) -> None:
     """The validation curves of every ``runs/<recipe>*`` run (variants of the recipe trained with ``--set``), with
     the settings that differ between them, into ``ablation.md`` beside the part's report."""
@@ -395,7 +435,8 @@ def part_pypi(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["coco", "reuters", "esco", "esco-ablation", "pypi"], required=True)
+    parser.add_argument("--part", required=True,
+                        choices=["coco", "reuters", "esco", "esco-ablation", "esco-bits", "pypi"])
     parser.add_argument("--n", type=int, default=200_000, help="pypi: catalogue rows (as many as are cached)")
     parser.add_argument("--head", type=Path, default=ROOT / "runs" / "hash-reuters" / "prompthash" / "best",
                         help="pypi: the text hash head (encoder folder)")
@@ -408,6 +449,8 @@ def main() -> None:
         part_coco(args)
     elif args.part == "pypi":
         part_pypi(args)
+    elif args.part.endswith("-bits"):
+        part_code_length(args.part.removesuffix("-bits"))
     elif args.part.endswith("-ablation"):
         part_ablation(args.part.removesuffix("-ablation"))
     else:
