@@ -16,6 +16,7 @@ from xmr.prompthash.losses import (
     MemoryBank,
     info_nce,
     js_divergence,
+    label_similarity,
     local_alignment,
     pairwise_likelihood,
     prompthash_loss,
@@ -75,6 +76,18 @@ def test_pairwise_likelihood_rewards_codes_that_agree_when_labels_are_shared():
     assert pairwise_likelihood(codes, codes, shared) < pairwise_likelihood(codes, -codes, shared)
 
 
+
+def test_balanced_pairwise_likelihood_sees_a_rare_positive_that_the_plain_mean_drowns():
+    others = torch.sign(torch.randn(2000, 16, generator=torch.Generator().manual_seed(0)))
+    bank = torch.cat([torch.ones(1, 16), others, -others])  # the negatives' codes cancel: any code sees them alike
+    similarity = torch.zeros(len(bank), 1)
+    similarity[0] = 1.0  # one item of 4,001 shares the query's label (ESCO: one skill per catalogue query)
+    agree, disagree = bank[:1], -bank[:1]
+    plain = [float(pairwise_likelihood(bank, code, similarity)) for code in (agree, disagree)]
+    balanced = [float(pairwise_likelihood(bank, code, similarity, balanced=True)) for code in (agree, disagree)]
+    assert abs(plain[1] - plain[0]) < 0.01  # the positive is 1/4001 of the mean
+    assert balanced[1] - balanced[0] > 7.0  # softplus(8) - softplus(-8): the positive counts as much as all negatives
+
 def test_local_alignment_scales_the_temperature_by_one_over_one_plus_js():
     torch.manual_seed(0)
     image, prompt = torch.randn(5, 8), torch.randn(5, 8)
@@ -128,6 +141,67 @@ def clustered_features(n=96, labels=4, dim=32, seed=0):
     return f(image), f(text), torch.from_numpy(multi_hot([[c] for c in classes], labels))
 
 
+
+def test_fit_itq_gives_faiss_itq_lsh_codes_and_keeps_neighbours_better_than_a_random_projection():
+    import faiss
+
+    from xmr.prompthash.itq import fit_itq, itq_codes
+
+    image, text, labels = clustered_features(n=400, dim=32, seed=1)
+    vectors, rows = torch.cat([image, text]).numpy(), np.concatenate([labels.numpy()] * 2)
+    weight, bias = fit_itq(vectors, 16)
+    reference = faiss.index_factory(32, "ITQ16,LSH")
+    reference.train(vectors)
+    expected = np.unpackbits(reference.sa_encode(vectors), axis=1, bitorder="little")
+    codes = itq_codes(vectors, weight, bias)
+    np.testing.assert_array_equal(np.unpackbits(codes.codes, axis=1), expected)
+    assert np.allclose((vectors @ weight.T + bias).std(axis=0), 1.0, atol=1e-3)  # unit scale for a tanh head
+    projection = BinaryCodes.from_signs(vectors @ np.random.default_rng(0).normal(size=(32, 16)))
+    score = lambda c: hamming_map(queries=c, database=c, query_labels=rows, database_labels=rows)  # noqa: E731
+    assert score(codes) > score(projection) + 0.1, (score(codes), score(projection))
+    with pytest.raises(XMRError, match="at most the 32 dimensions"):
+        fit_itq(vectors, 64)
+
+
+def test_a_net_started_from_a_linear_hash_emits_its_codes_and_still_trains():
+    from xmr.prompthash.itq import fit_itq, itq_codes
+
+    torch.manual_seed(0)
+    image, text, labels = clustered_features()
+    net = HashNet(HashNetConfig(features=32, bits=[16], auxiliary_bits=32, dropout=0.0))
+    vectors = torch.cat([image, text]).numpy()
+    heads = {bits: tuple(torch.from_numpy(a) for a in fit_itq(vectors, bits)) for bits in (16, 32)}
+    net.eval()
+    with torch.no_grad():
+        random_codes = BinaryCodes.from_signs(net.encode(image, None, 16)["image"].numpy())
+        net.start_from_linear_hash(heads)
+        started = BinaryCodes.from_signs(net.encode(image, None, 16)["image"].numpy())
+    target = np.unpackbits(itq_codes(image.numpy(), *[h.numpy() for h in heads[16]]).codes, axis=1)
+    agree = lambda codes: np.mean(np.unpackbits(codes.codes, axis=1) == target)  # noqa: E731
+    assert agree(started) > 0.97 and agree(random_codes) < 0.75, (agree(started), agree(random_codes))
+    net.train()
+    output = net(image[:8], text[:8])
+    output.image[16].sum().backward()
+    assert all(block[-1].weight.grad is not None and block[-1].weight.grad.abs().sum() > 0 for block in net.mlp.blocks)
+
+
+def test_sparse_label_similarity_equals_the_dense_one_and_the_bank_fills_from_codes():
+    import scipy.sparse
+
+    from xmr.prompthash.losses import sparse_label_similarity
+
+    dense = torch.from_numpy(multi_hot([[0, 2], [1], [2], [3], [1, 3]], 4))
+    rows = np.array([4, 0])
+    sparse = scipy.sparse.csr_matrix(dense.numpy())
+    torch.testing.assert_close(sparse_label_similarity(sparse, rows), label_similarity(dense, dense[rows]))
+    bank = MemoryBank(5, [8], seed=0)
+    image, text = torch.randn(5, 8), torch.randn(5, 8)
+    bank.fill({8: image}, {8: text})
+    torch.testing.assert_close(bank.binary[8], torch.sign(image + text))
+    image[0] = 0  # the bank holds copies
+    assert bank.image[8][0].abs().sum() > 0
+
+
 def cross_modal_map(net, image, text, labels, bits=16):
     net.eval()
     with torch.no_grad():
@@ -153,7 +227,8 @@ def test_training_the_hash_net_lowers_the_loss_and_raises_cross_modal_map():
             drop = torch.rand(len(rows)) < 0.5
             output = net(image[rows], text[rows], text[rows], drop, ~drop)
             bank.update(rows, output)
-            loss = sum(prompthash_loss(output, rows, labels, labels[rows], bank, [16], 32, LossWeights()).values())
+            loss = sum(prompthash_loss(output, rows, label_similarity(labels, labels[rows]), bank, [16], 32,
+                                       LossWeights()).values())
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -239,9 +314,10 @@ def test_task_trains_through_xmr_train_and_writes_a_binary_index_eval_scores(coc
         "data": {"train": str(coco_like / "train.jsonl"), "labels": str(coco_like / "labels.jsonl"),
                  "validation_size": 4},
         "prompthash": {"towers": {"kind": "open_clip", "model": "prompthash-tiny-clip", "unfreeze_last": 1},
-                       "bits": [16, 32], "auxiliary_bits": 64, "epochs": 3, "batch_size": 6},
+                       "bits": [16, 32], "auxiliary_bits": 64, "epochs": 3, "batch_size": 6,
+                       "init": "itq", "bank_init": "codes"},
         "hash_index": {"bits": 32, "rerank": 4},
-        "evaluation": {"ks": [1], "metric": "P@1"},
+        "evaluation": {"ks": [1], "metric": "mAP"},
         "checkpoint": {"every": 100, "keep": 1}}))
     summary = train(load_recipe(str(recipe_file)))
     run = tmp_path / "runs" / "ph"
@@ -258,6 +334,8 @@ def test_task_trains_through_xmr_train_and_writes_a_binary_index_eval_scores(coc
         assert 0.0 <= report["metrics"]["P@1"] <= 1.0
     encoder = load_encoder(run / "prompthash" / "best")
     assert summary["encoder"] == str(run / "prompthash" / "best")  # validation picked a step
+    validations = [entry["validation"] for entry in log if "validation" in entry]
+    assert summary["best"]["value"] == max(v["mAP"] for v in validations)  # the step with the best cross-modal mAP
     again = load_encoder(summary["encoder"])
     items = [{"images": [str(coco_like / "0.png")]}, "a red square"]
     assert (encoder.encode(items, "query").codes == again.encode(items, "query").codes).all()
@@ -265,6 +343,24 @@ def test_task_trains_through_xmr_train_and_writes_a_binary_index_eval_scores(coc
     fresh = load_encoder({**encoder.config(), "model": None})
     assert any(not torch.equal(trained[name], p) for name, p in fresh.trainable().items())
 
+
+
+def test_a_recipe_may_select_by_the_cross_modal_map_its_task_computes_and_no_other_task_accepts_it(coco_like,
+                                                                                                    tmp_path):
+    from xmr.train.recipe import RecipeError, load_recipe
+
+    base = {"name": "ph", "data": {"train": str(coco_like / "train.jsonl"), "labels": str(coco_like / "labels.jsonl"),
+                                   "validation_size": 4},
+            "evaluation": {"ks": [1], "metric": "mAP"}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps({**base, "method": "prompthash"}))
+    assert load_recipe(str(path)).evaluation.metric == "mAP"
+    path.write_text(json.dumps({**base, "method": "dual-encoder"}))
+    with pytest.raises(RecipeError, match="evaluation.metric: 'mAP' is not computed"):
+        load_recipe(str(path))
+    path.write_text(json.dumps({**base, "method": "prompthash", "evaluation": {"ks": [1], "metric": "mAP@5"}}))
+    with pytest.raises(RecipeError, match="the method's own: mAP, mAP I->T, mAP T->I"):
+        load_recipe(str(path))
 
 def test_untrained_encoder_is_deterministic_and_refuses_a_code_length_it_has_no_head_for():
     from xmr.encoders import load_encoder

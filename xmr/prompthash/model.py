@@ -173,6 +173,26 @@ class HashNet(nn.Module):
                                                     nn.Linear(config.auxiliary_bits, config.auxiliary_bits))
                                       for bits in config.bits)
 
+    @torch.no_grad()
+    def start_from_linear_hash(self, heads: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                               fused_share: float = 0.02) -> None:
+        """Initialise the network so that its codes are ``sign(W x + b)`` of the tower features ``x`` (a linear
+        hash such as PCA-ITQ, :func:`xmr.prompthash.itq.fit_itq`) for each code length in ``heads``: the residual
+        MLP's output layers start at zero (each block the identity, as zero-initialised residual branches), the
+        residual gate passes ``fused_share`` of the fused feature (the rest is the tower feature), and the hash
+        heads are the given maps. Every part still trains: gradients reach the zeroed layers and the gate. The
+        reference initialises all of it at random, which, without its pretrained CLIP features and long training,
+        leaves a random projection of a random network (what text-only ESCO hashing started from before)."""
+        for block in self.mlp.blocks:
+            nn.init.zeros_(block[-1].weight)
+            nn.init.zeros_(block[-1].bias)
+        nn.init.zeros_(self.residual_gate.linear.weight)
+        self.residual_gate.linear.bias.fill_(math.log(fused_share / (1 - fused_share)))
+        for bits, (weight, bias) in heads.items():
+            head = self.encoders[self.all_bits.index(bits)]
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+
     def partner(self, features: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         return self.absent.expand_as(like) if features is None else features
 

@@ -11,6 +11,13 @@ losses of :mod:`xmr.prompthash.losses`; ``B = sign(F + G)`` is refreshed at ever
 groups follow the reference: towers' unfrozen blocks at ``tower_lr`` (its ``clip_lr * 10``), the fusion at
 ``fusion_lr`` (``lr * 0.1``), the rest of the hash net and the prompt context at ``lr``.
 
+Two departures from the reference's initialisation, each off by default (``init: random``, ``bank_init: random``
+reproduce it): ``init: itq`` starts the hash heads from PCA-ITQ of the tower features with the residual paths at
+identity (:meth:`PromptHashTask.start_from_itq`), and ``bank_init: codes`` starts the memory banks, hence ``B``,
+from the initial network's codes instead of random rows (:meth:`PromptHashTask.initial_codes`). They matter where
+the towers are frozen text encoders and training is short (ESCO: one or two epochs over catalogue queries); the
+label-sharing similarity of the banks is computed sparsely (:func:`~xmr.prompthash.losses.sparse_label_similarity`).
+
 Outputs: ``runs/NAME/prompthash/{best,last}`` (encoder folders) and ``runs/NAME/index``: the catalogue's labels
 hashed at ``hash_index.bits`` in a ``faiss-binary`` index (manifest representation: binary, hamming, bits), with
 the ``hamming-float`` re-rank when ``hash_index.rerank > 0``; ``xmr eval`` scores it like any index.
@@ -23,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 import torch
 
 from xmr.datasets import Instances
@@ -33,7 +41,8 @@ from xmr.index import build_index, build_index_from_embeddings
 from xmr.index.recipes import IndexRecipe
 from xmr.io.atomic import write_folder_atomically
 from xmr.prompthash.encoder import PromptHashEncoder, item_parts
-from xmr.prompthash.losses import LossWeights, MemoryBank, prompthash_loss
+from xmr.prompthash.itq import fit_itq
+from xmr.prompthash.losses import LossWeights, MemoryBank, prompthash_loss, sparse_label_similarity
 from xmr.prompthash.metrics import hamming_map, multi_hot
 from xmr.prompthash.towers import ClipTowers, prompt_text
 from xmr.train.batches import random_plan
@@ -54,6 +63,8 @@ class PromptHashSpec:
     dropout: float = 0.5
     partner_dropout: float = 0.5  # a pair's partner replaced by the absent token (single-modality codes)
     prompt: bool = True  # the affinity prompt and its local alignment
+    init: str = "random"  # random (the reference) | itq: heads from PCA-ITQ of the tower features, see start_from_itq
+    bank_init: str = "random"  # random rows (the reference) | codes: the initial network's codes of every item
     epochs: int = 20
     batch_size: int = 32
     lr: float = 2e-3  # hash net and prompt context (reference --lr)
@@ -88,6 +99,7 @@ class PromptHashTask(Task):
 
     sections = PromptHashSections
     distributed = False
+    selection_metrics = ("mAP", "mAP I->T", "mAP T->I")  # cross-modal, with open_clip towers (see validate)
 
     @classmethod
     def check(cls, sections: PromptHashSections) -> list[str]:
@@ -104,6 +116,10 @@ class PromptHashTask(Task):
                      if getattr(spec, name) < 0]
         if not 0 <= spec.partner_dropout < 1:
             problems.append("prompthash.partner_dropout: a probability in [0, 1)")
+        if spec.init not in ("random", "itq"):
+            problems.append(f"prompthash.init: random or itq, got {spec.init!r}")
+        if spec.bank_init not in ("random", "codes"):
+            problems.append(f"prompthash.bank_init: random or codes, got {spec.bank_init!r}")
         if spec.towers.get("kind") not in ("open_clip", "sentence-transformers"):
             problems.append("prompthash.towers.kind: open_clip or sentence-transformers")
         if sections.hash_index.rerank < 0:
@@ -122,7 +138,10 @@ class PromptHashTask(Task):
         self.towers = self.encoder.towers
         self.clip = isinstance(self.towers, ClipTowers)
         self.positives = pairs.positives
-        self.targets = torch.from_numpy(multi_hot(pairs.positives, len(self.labels)))
+        self.incidence = scipy.sparse.csr_matrix(  # (items, labels): S of the memory banks, kept sparse
+            (np.ones(sum(map(len, pairs.positives)), np.float32),
+             np.concatenate([np.asarray(rows, np.int64) for rows in pairs.positives]),
+             np.cumsum([0, *map(len, pairs.positives)])), shape=(len(pairs), len(self.labels)))
         parts = [item_parts(item) for item in pairs.queries]
         names = self.labels.texts
         prompts = [prompt_text(self.towers.prompt_template, [names[r] for r in rows]) for rows in pairs.positives]
@@ -144,6 +163,8 @@ class PromptHashTask(Task):
         self.plan: list[np.ndarray] = []
         self.caption_rows = np.zeros(len(pairs), dtype=np.int64)  # text-only: the label that is each item's caption
         self.last_terms: dict[str, float] = {}
+        if spec.init == "itq":
+            self.start_from_itq()
         self.encoder.train_mode(True)
         context.say(f"prompthash: {len(pairs)} items, {len(self.labels)} labels, codes {spec.bits} + "
                     f"{spec.auxiliary_bits}, towers {self.towers.kind}")
@@ -175,20 +196,69 @@ class PromptHashTask(Task):
             self.bank.refresh()  # B = sign(F + G) from the codes the last epoch wrote
         rng = np.random.default_rng([seed, epoch, 11])
         self.caption_rows = np.array([rows[rng.integers(len(rows))] for rows in self.positives], dtype=np.int64)
+        if epoch == 0 and self.spec.bank_init == "codes":  # (a resumed run restores its bank instead)
+            self.bank.fill(*self.initial_codes())
         self.plan = random_plan(len(self.positives), self.spec.batch_size, seed, epoch)
         return len(self.plan)
+
+    def pair_features(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The towers' image-slot and text-slot features of training items ``rows`` (text-only: the query and the
+        label drawn as its caption this epoch)."""
+        index = torch.from_numpy(rows)
+        if self.clip:
+            return self.towers.image(self.pixels[index]), self.towers.text(self.captions[index])
+        return self.query_features[index], self.label_features[torch.from_numpy(self.caption_rows[rows])]
+
+    @torch.no_grad()
+    def start_from_itq(self) -> None:
+        """``prompthash.init: itq``: PCA-ITQ (:func:`~xmr.prompthash.itq.fit_itq`) of the training items' tower
+        features (text-only: the queries and every catalogue label) becomes each hash head that fits (code lengths
+        up to the feature width and the number of vectors; a longer code keeps its random head), through
+        :meth:`~xmr.prompthash.model.HashNet.start_from_linear_hash`, so step 0's codes are the ITQ codes."""
+        if self.clip:
+            parts = [self.pair_features(rows) for rows in np.array_split(np.arange(len(self.positives)),
+                                                                          max(1, len(self.positives) // 256))]
+            vectors = torch.cat([torch.cat(pair) for pair in parts]).numpy()
+        else:
+            vectors = torch.cat([self.query_features, self.label_features]).numpy()
+        net = self.encoder.net
+        heads = {}
+        for bits in net.all_bits:
+            if bits <= min(vectors.shape[1], len(vectors)):
+                weight, bias = fit_itq(vectors, bits)
+                heads[bits] = (torch.from_numpy(weight), torch.from_numpy(bias))
+        net.start_from_linear_hash(heads)
+        self.context.say(f"prompthash: hash heads {sorted(heads)} start from PCA-ITQ of {len(vectors)} tower vectors")
+
+    @torch.no_grad()
+    def initial_codes(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        """``(F, G)``: every item's continuous codes from the current network, each side hashed alone (the codes
+        an index stores and a query sends), for ``bank_init: codes``. The reference's random rows make epoch 0's
+        quantisation target ``B`` and long-code target random: with one or two epochs most of the loss then fits
+        noise (the first ESCO run: 150 of its 300 loss units were reconstructions of a random long code)."""
+        net = self.encoder.net
+        self.encoder.train_mode(False)
+        image: dict[int, list[torch.Tensor]] = {bits: [] for bits in net.all_bits}
+        text: dict[int, list[torch.Tensor]] = {bits: [] for bits in net.all_bits}
+        try:
+            for rows in np.array_split(np.arange(len(self.positives)), max(1, len(self.positives) // 256)):
+                image_features, text_features = self.pair_features(rows)
+                for side, codes in ((image, net.codes(net.fuse(image_features, None)[0])),
+                                    (text, net.codes(net.fuse(None, text_features)[1]))):
+                    for bits, values in codes.items():
+                        side[bits].append(values)
+        finally:
+            self.encoder.train_mode(True)
+        return ({bits: torch.cat(parts) for bits, parts in image.items()},
+                {bits: torch.cat(parts) for bits, parts in text.items()})
 
     def forward(self, position: int, rng: np.random.Generator) -> Any:
         rows = self.plan[position]
         index = torch.from_numpy(rows)
-        if self.clip:
-            image = self.towers.image(self.pixels[index])
-            text = self.towers.text(self.captions[index])
-            prompt = self.towers.prompt(self.prompt_tokens[index]) if self.spec.prompt else None
-        else:
-            image = self.query_features[index]
-            text = self.label_features[torch.from_numpy(self.caption_rows[rows])]
-            prompt = self.text_prompts(rows) if self.spec.prompt else None
+        image, text = self.pair_features(rows)
+        prompt = None
+        if self.spec.prompt:
+            prompt = self.towers.prompt(self.prompt_tokens[index]) if self.clip else self.text_prompts(rows)
         p = self.spec.partner_dropout
         drop_image = torch.from_numpy(rng.random(len(rows)) < p)
         drop_text = torch.from_numpy(rng.random(len(rows)) < p)
@@ -203,8 +273,9 @@ class PromptHashTask(Task):
 
     def loss(self, output: Any) -> torch.Tensor:
         result, index = output
-        terms = prompthash_loss(result, index, self.targets, self.targets[index], self.bank, self.spec.bits,
-                                self.spec.auxiliary_bits, self.spec.loss)
+        similarity = sparse_label_similarity(self.incidence, index.numpy())
+        terms = prompthash_loss(result, index, similarity, self.bank, self.spec.bits, self.spec.auxiliary_bits,
+                                self.spec.loss)
         self.last_terms = {name: float(value.detach()) for name, value in terms.items()}
         return sum(terms.values())
 

@@ -263,7 +263,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> Recipe | None:
     for key in sorted(set(values) - set(run_keys) - set(section_keys), key=str):
         problems.append(f"{key}: unknown key (known: {', '.join(run_keys + section_keys)})")
     recipe = build(Recipe, {key: value for key, value in values.items() if key in run_keys}, "", problems)
-    _check_run(recipe, problems)
+    _check_run(recipe, problems, [name for task in chain for name in TASKS[task].selection_metrics])
     for task in chain:
         spec = TASKS[task].sections
         mine = {item.name for item in dataclasses.fields(spec)}
@@ -275,7 +275,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> Recipe | None:
     return recipe
 
 
-def _check_run(recipe: Recipe | None, problems: list[str]) -> None:
+def _check_run(recipe: Recipe | None, problems: list[str], task_metrics: list[str]) -> None:
     if recipe is None:
         return
     if "/" in recipe.name or recipe.name in ("", ".", ".."):
@@ -289,7 +289,8 @@ def _check_run(recipe: Recipe | None, problems: list[str]) -> None:
     family, _, k = recipe.evaluation.metric.partition("@")
     ranked = family in ("P", "nDCG", "R", "RP", "PSP", "PSnDCG") and k.isdigit() and int(k) in recipe.evaluation.ks
     summary = family in ("MAP", "MRR", "coverage") and k.isdigit() and int(k) == max(recipe.evaluation.ks, default=0)
-    if not (ranked or summary):
+    if not (ranked or summary or recipe.evaluation.metric in task_metrics):
         problems.append(f"evaluation.metric: {recipe.evaluation.metric!r} is not computed; use P, nDCG, R, RP, PSP or "
                         f"PSnDCG at one of evaluation.ks {recipe.evaluation.ks} (PSP needs training data), or MAP, "
-                        "MRR or coverage at the largest k")
+                        "MRR or coverage at the largest k"
+                        + (f", or one of the method's own: {', '.join(task_metrics)}" if task_metrics else ""))

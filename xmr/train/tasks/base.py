@@ -106,7 +106,8 @@ class Task(ABC):
     """One training method. ``sections`` is a dataclass whose fields are the recipe keys the task reads (validated
     when the recipe loads, with :meth:`check` for what types cannot say); ``followed_by`` maps a recipe key to the
     task that runs after this one when that key is set (``{"label_vectors": "label-vectors"}``). A task that is not
-    ``distributed`` runs in the main process only.
+    ``distributed`` runs in the main process only. ``selection_metrics`` names metrics beyond the ranking ones
+    that :meth:`validate` returns, which a recipe's ``evaluation.metric`` may then select by.
 
     Per optimiser step the loop calls :meth:`before_step`, then per micro-batch :meth:`forward` (under autocast)
     and :meth:`loss` (outside it); at epoch boundaries :meth:`begin_epoch`; :meth:`validate` on its schedule,
@@ -118,6 +119,7 @@ class Task(ABC):
     sections: ClassVar[type]
     followed_by: ClassVar[dict[str, str]] = {}
     distributed: ClassVar[bool] = True
+    selection_metrics: ClassVar[tuple[str, ...]] = ()  # validate()'s own metrics evaluation.metric may name
 
     def __init__(self, context: TaskContext) -> None:
         self.context = context
