@@ -128,10 +128,10 @@ def scored(folder: Path, encoder: Any, labels: Path, test: Any, train_path: Path
 
 def training_columns(name: str | None) -> dict[str, Any]:
     if name is None:
-        return {"steps": 0, "train_s": None, "wall_s": None, "peak_rss_mib": None}
+        return {"steps": 0, "train_s": None, "wall_s": None, "cpu_s": None, "peak_rss_mib": None}
     run, resources = summary(name), json.loads((run_folder(name) / "resources.json").read_text())
     return {"steps": run["steps"], "train_s": run["train_seconds"], "wall_s": resources["wall_s"],
-            "peak_rss_mib": resources["peak_rss_mib"], "command": resources["command"]}
+            "cpu_s": resources["cpu_s"], "peak_rss_mib": resources["peak_rss_mib"], "command": resources["command"]}
 
 
 def cell(value: Any, percent: bool = False) -> str:
@@ -141,7 +141,7 @@ def cell(value: Any, percent: bool = False) -> str:
 
 
 def write_table(out: Path, rows: list[dict[str, Any]], metrics: list[str], header: str) -> None:
-    columns = ["row", *metrics, "steps", "train_s", "wall_s", "peak_rss_mib"]
+    columns = ["row", *metrics, "steps", "train_s", "wall_s", "cpu_s", "peak_rss_mib"]
     lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join([row["row"], *(cell(row.get(m), True) for m in metrics),
@@ -151,9 +151,14 @@ def write_table(out: Path, rows: list[dict[str, Any]], metrics: list[str], heade
     print("\n".join(lines))
 
 
-def reuters(only: str | None = None) -> None:
-    """The Reuters table; ``only``: score that row alone (its run must be trained), without the table."""
-    for name in [name for name in RUNS if "reuters" in name and only is None]:
+def finished(run: str | None) -> bool:
+    return run is None or (run_folder(run) / "summary.json").is_file()
+
+
+def reuters(only: str | None = None, train_missing: bool = True) -> None:
+    """The Reuters table; ``only``: score that row alone (its run must be trained), without the table;
+    ``train_missing`` False: rows whose run has not finished are left out (and named)."""
+    for name in [name for name in RUNS if "reuters" in name and only is None and train_missing]:
         train(name)
     out = ROOT / "eval/results/vixml-reuters"
     test = read_instances(REUTERS / "test.jsonl")
@@ -175,6 +180,9 @@ def reuters(only: str | None = None) -> None:
     for row, (encoder, run) in encoders.items():
         if only is not None and row.split(" ")[0] != only:
             continue
+        if not finished(run):
+            print(f"{row}: {run} has not finished; left out")
+            continue
         result = scored(out / row.split(" ")[0], encoder, REUTERS / "labels.jsonl", sample, REUTERS / "train.jsonl",
                         [1, 3, 5, 10])
         table.append({"row": row, **{m: result["metrics"][m] for m in ("P@1", "P@5", "PSP@1", "R@10")},
@@ -184,11 +192,12 @@ def reuters(only: str | None = None) -> None:
     write_table(out, table, ["P@1", "P@5", "PSP@1", "R@10"],
                 f"Reuters-21578 ModApte test sample ({TEST_SAMPLE} of {len(test)} articles, seed {SAMPLE_SEED}); "
                 f"metrics in %; train_s = the loop's training time, wall_s = the whole `xmr train` process, "
+                f"cpu_s = its CPU seconds (the 2 cores were shared with other jobs: wall time is mostly waiting), "
                 f"peak_rss_mib = its peak RSS. Made by `python scripts/eval_vixml.py --part reuters`.")
 
 
-def coco() -> None:
-    for name in [name for name in RUNS if "coco" in name]:
+def coco(train_missing: bool = True) -> None:
+    for name in [name for name in RUNS if "coco" in name and train_missing]:
         train(name)
     out = ROOT / "eval/results/vixml-coco"
     test = read_instances(COCO / "test.jsonl")
@@ -204,6 +213,9 @@ def coco() -> None:
     }
     table = []
     for folder, (row, encoder, run) in encoders.items():
+        if not finished(run):
+            print(f"{row}: {run} has not finished; left out")
+            continue
         entry = {"row": row}
         for modality in ("text", "image", "all"):
             if folder.startswith("minilm") and modality != "text":
@@ -223,15 +235,16 @@ def main() -> None:
     parser.add_argument("--part", choices=["reuters", "coco"], required=True)
     parser.add_argument("--train", choices=sorted(RUNS), help="train this run only")
     parser.add_argument("--row", help="--part reuters: score this row only (e.g. smollm2-lora-zero-shot)")
+    parser.add_argument("--no-train", action="store_true", help="score finished runs only, train nothing")
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.chdir(ROOT)  # the recipes' data paths are relative to the repository root
     if args.train:
         train(args.train)
     elif args.part == "reuters":
-        reuters(args.row)
+        reuters(args.row, not args.no_train)
     else:
-        coco()
+        coco(not args.no_train)
 
 
 if __name__ == "__main__":
