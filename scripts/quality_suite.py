@@ -7,7 +7,8 @@ the test split (a seeded sample of ``max_test`` queries when the split has more 
 (``scripts/peers/xmc_linear.py`` in .venv-peers) on the same queries; all scored by ``xmr.metrics`` with the
 train split's propensities. Writes, after every data set (a partial run keeps what it finished),
 ``suite.csv``, ``suite.md``, ``suite-deciles.png`` (P@5 by label-frequency decile: does the fused ranking keep
-the zero-shot text channel's tail?) and ``suite/<name>-choices.json`` (what ``--auto`` chose and why).
+the zero-shot text channel's tail?) and ``suite/<name>.json`` (its rows, deciles, and what ``--auto`` chose and
+why); data sets left out by ``--only`` keep their earlier ``suite/<name>.json`` in the tables.
 Query encoding goes through the vector cache (``~/.cache/xmr/vectors``): predict times are search + fusion.
 """
 
@@ -141,9 +142,7 @@ def write(out: Path, done: list[dict], skipped: dict[str, str], budget: str) -> 
         pecos = next(row for row in entry["rows"] if row["system"].startswith("PECOS"))
         verdict = ", ".join(f"{c} {100 * (ours[c] - pecos[c]):+.2f}" for c in ("P@1", "PSP@1", "P@5", "PSP@5"))
         lines += ["", f"fused vs PECOS: {verdict} (points)", ""]
-        (out / "suite" / f"{entry['name']}-choices.json").write_text(
-            json.dumps({"choices": entry["choices"], "summary": summary, "deciles_P@5": entry["deciles"]},
-                       indent=2, default=str) + "\n")
+        (out / "suite" / f"{entry['name']}.json").write_text(json.dumps(entry, indent=2, default=str) + "\n")
     if skipped:
         lines += ["Left out: " + "; ".join(f"{name} ({why})" for name, why in skipped.items()), ""]
     (out / "suite.md").write_text("\n".join(lines) + "\n")
@@ -164,9 +163,12 @@ def run_suite(root: Path, out: Path, budget: str, max_test: int, only: list[str]
     folders, skipped = data_sets(root)
     if only:
         folders = [folder for folder in folders if folder.name in only]
-    done: list[dict] = []
+    names = {folder.name for folder in folders}
+    done: list[dict] = [json.loads(path.read_text()) for path in sorted((out / "suite").glob("*.json"))
+                        if path.stem not in names]  # data sets of earlier --only runs stay in the tables
     for folder in folders:
         print(f"suite: {folder.name}", flush=True)
         done.append(evaluate_one(folder, budget, max_test))
+        done.sort(key=lambda entry: entry["name"])
         write(out, done, skipped, budget)
     print((out / "suite.md").read_text())

@@ -186,3 +186,17 @@ def test_cli_auto_bad_budget_is_one_line(tmp_path):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["xmr: error: --budget: 'soon' is not a duration like 20m, 90s or 1h"]
+
+
+def test_auto_recipe_reads_method_auto_and_reports_missing_fields(tmp_path):
+    from xmr.train.auto import auto_recipe
+    from xmr.train.recipe import RecipeError
+
+    settings = auto_recipe(ROOT / "training" / "tibkat-auto.yaml")
+    assert settings == {"name": "tibkat-auto", "labels": "../shared/data/tibkat_gnd_en/labels.jsonl",
+                        "train": "../shared/data/tibkat_gnd_en/train.jsonl", "budget": "20m", "seed": 0}
+    assert auto_recipe(ROOT / "training" / "reuters-minilm.yaml") is None  # any other recipe: load_recipe's
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nmethod: auto\ndata: {labels: l.jsonl}\nauto: {budget: 5m, steps: 3}\n")
+    with pytest.raises(RecipeError, match=r"data.train: required by method auto; auto.steps: unknown field"):
+        auto_recipe(broken)

@@ -246,6 +246,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     if args.recipe is None:
         raise XMRError("train needs a recipe, or --auto LABELS TRAIN")
+    from xmr.train.auto import auto_recipe, auto_train
+
+    settings = auto_recipe(args.recipe)
+    if settings is not None:  # a recipe with method: auto
+        print(json.dumps(auto_train(settings["labels"], settings["train"], Path("runs") / settings["name"],
+                                    settings["budget"], settings["seed"]), indent=2))
+        return
     recipe = load_recipe(args.recipe, dict(args.set or []))
     summary = train(recipe, resume=args.resume, restart=args.restart)
     print(json.dumps(summary, indent=2))

@@ -48,6 +48,7 @@ ENCODE_SHARE = 0.7  # of the budget: the training queries' encoding; the rest bu
 VALIDATION_SHARE = 0.1
 MAX_VALIDATION = 2000
 MIN_VALIDATION = 20
+PROBE = 64  # texts encoded to measure the encoding rate before the first uncached chunk
 KNN_GRID = {"m": (10, 30, 100), "power": (1.0, 4.0)}
 LEXICAL_TEXT_WEIGHT = 0.5
 CENTROID_WEIGHT = 1.0
@@ -80,12 +81,17 @@ class Choices:
 
 def encode_training(encoder: Any, texts: list[str], seconds: float, choices: Choices) -> np.ndarray:
     """Vectors of the longest chunk-aligned prefix of ``texts`` that fits ``seconds`` of encoding at the rate
-    measured on the chunks encoded so far (cached chunks cost nothing); at least one chunk."""
+    measured on a probe and then on the chunks encoded so far (cached chunks cost nothing); at least one chunk."""
     parts, spent, rate = [], 0.0, None
     for start in range(0, len(texts), CHUNK):
         chunk = texts[start:start + CHUNK]
         cached = chunk_path(encoder, chunk, "query").is_file()
-        if parts and not cached and rate is not None and spent + len(chunk) / rate > seconds:
+        if parts and not cached and rate is None:  # measure the rate on a probe before committing to a chunk
+            tick = time.perf_counter()
+            encoder.encode_queries(chunk[:PROBE])
+            spent += time.perf_counter() - tick
+            rate = len(chunk[:PROBE]) / max(time.perf_counter() - tick, 1e-6)
+        if parts and not cached and spent + len(chunk) / rate > seconds:
             break
         tick = time.perf_counter()
         parts.append(encode_chunk(encoder, chunk, "query"))
@@ -185,3 +191,30 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
     write_text_atomically(run / "choices.json", json.dumps(choices.entries, indent=2, default=str) + "\n")
     write_text_atomically(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def auto_recipe(path: str | Path) -> dict[str, Any] | None:
+    """The ``--auto`` settings of a recipe whose ``method`` is ``auto`` (``name``, ``data.labels``, ``data.train``,
+    optional ``auto.budget`` and ``seed``), or None for any other recipe (which ``load_recipe`` then reads)."""
+    import yaml
+
+    from xmr.train.recipe import RecipeError, resolve_recipe
+
+    resolved = resolve_recipe(path)
+    try:
+        values = yaml.safe_load(resolved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # load_recipe reports what is wrong with it, with the line
+    if not isinstance(values, dict) or values.get("method") != "auto":
+        return None
+    data, settings = values.get("data") or {}, values.get("auto") or {}
+    problems = [f"data.{key}: required by method auto" for key in ("labels", "train") if not data.get(key)]
+    problems += [f"auto.{key}: unknown field (known: budget)" for key in settings if key != "budget"]
+    problems += [f"{key}: unknown field for method auto" for key in values
+                 if key not in ("name", "method", "data", "auto", "seed")]
+    if not values.get("name"):
+        problems.append("name: required")
+    if problems:
+        raise RecipeError(f"{resolved}: " + "; ".join(problems))
+    return {"name": values["name"], "labels": data["labels"], "train": data["train"],
+            "budget": settings.get("budget", DEFAULT_BUDGET), "seed": int(values.get("seed", 0))}
