@@ -61,11 +61,13 @@ def main() -> None:
     parser.add_argument("--max-test", type=int, default=2000, help="--all: test splits above 5,000 queries are "
                         "scored on a seeded sample of this many")
     parser.add_argument("--only", nargs="+", help="--all: just these data set folders")
+    parser.add_argument("--reuse-peers", action="store_true", help="--all: reuse runs/peers-<name> predictions "
+                        "written after the data (the peers' own run of scripts/peers/xmc_linear.py)")
     args = parser.parse_args()
     if args.all:
         from quality_suite import run_suite  # scripts/quality_suite.py
 
-        run_suite(ROOT.parent / "shared/data", Path(args.out), args.budget, args.max_test, args.only)
+        run_suite(ROOT.parent / "shared/data", Path(args.out), args.budget, args.max_test, args.only, args.reuse_peers)
         return
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def data_sets(root: Path) -> tuple[list[Path], dict[str, str]]:
     return chosen, skipped
 
 
-def evaluate_one(folder: Path, budget: str, max_test: int) -> dict:
+def evaluate_one(folder: Path, budget: str, max_test: int, reuse_peers: bool = False) -> dict:
     labels = xmr.LabelCatalogue.from_file(folder / "labels.jsonl")
     train, test = read_instances(folder / "train.jsonl"), read_instances(folder / "test.jsonl")
     sample = np.arange(len(test))
@@ -88,7 +88,10 @@ def evaluate_one(folder: Path, budget: str, max_test: int) -> dict:
              **ranking_metrics(padded(predictions[name], max(KS)), truth, KS, inverse)}
             for name in CHANNELS if name in predictions]
     peer_folder = ROOT / "runs" / f"peers-{folder.name}"
-    timings = run_peers(folder, len(labels), peer_folder)
+    timings_file = peer_folder / "timings.json"
+    fresh = timings_file.is_file() and timings_file.stat().st_mtime > (folder / "train.jsonl").stat().st_mtime
+    timings = json.loads(timings_file.read_text()) if reuse_peers and fresh else run_peers(
+        folder, len(labels), peer_folder)
     for name, key in (("PECOS XR-Linear (TF-IDF)", "pecos"), ("napkinXC PLT (TF-IDF)", "napkinxc")):
         predicted = np.load(peer_folder / f"{key}.npy")[sample]
         predictions[key] = predicted
@@ -97,7 +100,7 @@ def evaluate_one(folder: Path, budget: str, max_test: int) -> dict:
                      **ranking_metrics(padded(predicted, max(KS)), truth, KS, inverse)})
     deciles = {name: m.precision_at_k_by_decile(padded(predictions[name], 5), truth, 5, counts).tolist()
                for name in ("fused", "text", "pecos")}
-    return {"name": folder.name, "labels": len(labels), "train": len(train), "test": len(test),
+    return {"name": folder.name, "budget": budget, "labels": len(labels), "train": len(train), "test": len(test),
             "scored": len(sample), "rows": rows, "summary": summary, "deciles": deciles,
             "choices": json.loads((run / "choices.json").read_text())}
 
@@ -118,7 +121,7 @@ def write(out: Path, done: list[dict], skipped: dict[str, str], budget: str) -> 
                                  "" if row["train_s"] is None else f"{row['train_s']:.1f}",
                                  "" if row["predict_s"] is None else f"{row['predict_s']:.2f}",
                                  *(f"{100 * row[c]:.2f}" for c in COLUMNS)])
-    lines = [f"# Data-set suite: `xmr train --auto --budget {budget}` vs PECOS XR-Linear and napkinXC", "",
+    lines = ["# Data-set suite: `xmr train --auto` vs PECOS XR-Linear and napkinXC", "",
              "One default for every data set (no per-data-set setting); each xmr channel is also scored alone. "
              "Every row is scored by `xmr.metrics` on the same test queries; PSP uses Jain et al. propensities "
              "(A=0.55, B=1.5) from the train split. xmr train s is the whole `auto_train` wall time (encoding the "
@@ -129,7 +132,8 @@ def write(out: Path, done: list[dict], skipped: dict[str, str], budget: str) -> 
         summary = entry["summary"]
         lines += [f"## {entry['name']}: {entry['labels']:,} labels, {entry['train']:,} train, "
                   f"{entry['scored']:,} of {entry['test']:,} test queries scored", "",
-                  f"dense channels over {summary['dense_training_queries']:,} of {summary['training_queries']:,} "
+                  f"`--budget {entry.get('budget', budget)}`: dense channels over "
+                  f"{summary['dense_training_queries']:,} of {summary['training_queries']:,} "
                   f"encoded training queries; weights {summary['weights']}; kNN {summary['knn']}", "",
                   "| system | train s | predict s | " + " | ".join(COLUMNS) + " |",
                   "|---|---|---|" + "---|" * len(COLUMNS)]
@@ -159,7 +163,8 @@ def write(out: Path, done: list[dict], skipped: dict[str, str], budget: str) -> 
     plt.close(figure)
 
 
-def run_suite(root: Path, out: Path, budget: str, max_test: int, only: list[str] | None = None) -> None:
+def run_suite(root: Path, out: Path, budget: str, max_test: int, only: list[str] | None = None,
+              reuse_peers: bool = False) -> None:
     folders, skipped = data_sets(root)
     if only:
         folders = [folder for folder in folders if folder.name in only]
@@ -168,7 +173,7 @@ def run_suite(root: Path, out: Path, budget: str, max_test: int, only: list[str]
                         if path.stem not in names]  # data sets of earlier --only runs stay in the tables
     for folder in folders:
         print(f"suite: {folder.name}", flush=True)
-        done.append(evaluate_one(folder, budget, max_test))
+        done.append(evaluate_one(folder, budget, max_test, reuse_peers))
         done.sort(key=lambda entry: entry["name"])
         write(out, done, skipped, budget)
     print((out / "suite.md").read_text())
