@@ -34,6 +34,7 @@ from xmr.train.auto import auto_train
 
 ROOT = Path(__file__).resolve().parents[1]
 LARGE_TEST = 5000
+PEER_WAIT_S = 1800  # --reuse-peers: how long to wait for a peers run already writing runs/peers-<name>
 KS = (1, 3, 5, 10)
 COLUMNS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5", "R@10")
 CHANNELS = {"fused": "xmr --auto (fused)", "text": "  channel: label text (zero-shot)",
@@ -89,8 +90,15 @@ def evaluate_one(folder: Path, budget: str, max_test: int, reuse_peers: bool = F
             for name in CHANNELS if name in predictions]
     peer_folder = ROOT / "runs" / f"peers-{folder.name}"
     timings_file = peer_folder / "timings.json"
-    fresh = timings_file.is_file() and timings_file.stat().st_mtime > (folder / "train.jsonl").stat().st_mtime
-    timings = json.loads(timings_file.read_text()) if reuse_peers and fresh else run_peers(
+
+    def fresh() -> bool:
+        return timings_file.is_file() and timings_file.stat().st_mtime > (folder / "train.jsonl").stat().st_mtime
+
+    waited = 0.0
+    while reuse_peers and not fresh() and (peer_folder / "pecos.npy").parent.is_dir() and waited < PEER_WAIT_S:
+        time.sleep(10)  # a peers run started beside this one is still writing its folder
+        waited += 10
+    timings = json.loads(timings_file.read_text()) if reuse_peers and fresh() else run_peers(
         folder, len(labels), peer_folder)
     for name, key in (("PECOS XR-Linear (TF-IDF)", "pecos"), ("napkinXC PLT (TF-IDF)", "napkinxc")):
         predicted = np.load(peer_folder / f"{key}.npy")[sample]
