@@ -2,7 +2,12 @@
 napkinXC PLT on TF-IDF, all scored by xmr.metrics on the same test split with the same propensities.
 
     .venv/bin/python scripts/bench_quality.py            # trains runs/reuters-labelvectors unless --reuse-run
-writes eval/bench/quality/{results.csv,report.md,quality.png}. The peers run in .venv-peers (created on first use:
+writes eval/bench/quality/{results.csv,report.md,quality.png}.
+
+    .venv/bin/python scripts/bench_quality.py --all [--budget 20m]
+runs the data-set suite instead (``quality_suite.py`` beside this script): every labelled data set in ../shared/data,
+``xmr train --auto`` (each channel alone and fused) vs the same peers, into eval/bench/quality/suite.{md,csv,png}.
+The peers run in .venv-peers (created on first use:
 libpecos pins numpy<2) through scripts/peers/xmc_linear.py and hand back top-k predictions as .npy files.
 """
 
@@ -51,7 +56,19 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/reuters21578-modapte"))
     parser.add_argument("--out", default=str(ROOT / "eval/bench/quality"))
     parser.add_argument("--reuse-run", action="store_true", help="use runs/reuters-labelvectors if it is complete")
+    parser.add_argument("--all", action="store_true", help="the data-set suite: xmr train --auto on every labelled set")
+    parser.add_argument("--budget", default="20m", help="--all: the budget of each xmr train --auto run")
+    parser.add_argument("--max-test", type=int, default=2000, help="--all: test splits above 5,000 queries are "
+                        "scored on a seeded sample of this many")
+    parser.add_argument("--only", nargs="+", help="--all: just these data set folders")
+    parser.add_argument("--reuse-peers", action="store_true", help="--all: reuse runs/peers-<name> predictions "
+                        "written after the data (the peers' own run of scripts/peers/xmc_linear.py)")
     args = parser.parse_args()
+    if args.all:
+        from quality_suite import run_suite  # scripts/quality_suite.py
+
+        run_suite(ROOT.parent / "shared/data", Path(args.out), args.budget, args.max_test, args.only, args.reuse_peers)
+        return
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     labels = xmr.LabelCatalogue.from_file(data / "labels.jsonl")

@@ -237,6 +237,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         from xmr.train import load_recipe, train
     except ImportError as error:
         raise XMRError(f"training needs the train extra (pip install 'xmr[train]'): {error}") from None
+    if args.auto:
+        from xmr.train.auto import auto_train
+
+        labels, train_split = args.auto
+        name = args.name or f"{Path(labels).resolve().parent.name}-auto"
+        print(json.dumps(auto_train(labels, train_split, Path("runs") / name, args.budget), indent=2))
+        return
+    if args.recipe is None:
+        raise XMRError("train needs a recipe, or --auto LABELS TRAIN")
+    from xmr.train.auto import auto_recipe, auto_train
+
+    settings = auto_recipe(args.recipe)
+    if settings is not None:  # a recipe with method: auto
+        print(json.dumps(auto_train(settings["labels"], settings["train"], Path("runs") / settings["name"],
+                                    settings["budget"], settings["seed"]), indent=2))
+        return
     recipe = load_recipe(args.recipe, dict(args.set or []))
     summary = train(recipe, resume=args.resume, restart=args.restart)
     print(json.dumps(summary, indent=2))
@@ -325,7 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(run=cmd_eval)
 
     training = commands.add_parser("train", help="fine-tune an encoder from a recipe (training/*.yaml) into runs/NAME")
-    training.add_argument("recipe", help="YAML recipe")
+    training.add_argument("recipe", nargs="?", help="YAML recipe")
+    training.add_argument("--auto", nargs=2, metavar=("LABELS", "TRAIN"),
+                          help="no recipe: choose encoder budget, channels, knobs and fusion weights from the data")
+    training.add_argument("--budget", default="20m", help="wall-clock budget of --auto (20m, 90s, 1h)")
+    training.add_argument("--name", help="run folder name of --auto (runs/NAME; default: the data folder + -auto)")
     start = training.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     start.add_argument("--restart", action="store_true", help="delete the run folder and start again")

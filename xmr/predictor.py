@@ -25,6 +25,9 @@ from xmr.search import SearchResult
 PREDICTOR_KINDS: dict[str, str] = {
     "label-index": "xmr.index.label_index:load_index",
     "sharded-index": "xmr.index.shards:load_sharded_index",
+    "knn-index": "xmr.index.knn:load_knn_index",
+    "lexical-index": "xmr.index.lexical:load_lexical_index",
+    "fused": "xmr.index.fusion:load_fused",
 }
 
 

@@ -1,0 +1,220 @@
+"""``xmr train --auto LABELS TRAIN [--budget 20m]``: one default that adapts to the catalogue and the clock.
+
+No hand-tuned recipe per data set: every choice is made from what is measured (label count, training size, encoding
+throughput on this machine, validation metrics) and written with its reason to ``runs/NAME/choices.json``.
+
+1. **Encoder**: the bundled MiniLM, frozen, ``max_seq_length`` 64 (titles and first sentences; encoding is the
+   dominant CPU cost). Vectors go through :mod:`xmr.encoders.vector_cache`, so reruns encode nothing again.
+2. **Budget**: label texts first, then the training queries chunk by chunk while the measured encoding rate says the
+   next chunk still fits ``ENCODE_SHARE`` of the budget (cached chunks are free). The dense channels use the
+   encoded prefix; the lexical channel always sees every training text (TF-IDF costs seconds).
+3. **Validation**: a seeded sample of the encoded training queries (``VALIDATION_SHARE``, at most
+   ``MAX_VALIDATION``), held out while the channels that choose knobs and weights are built.
+4. **Channels** (each a predictor folder, :mod:`xmr.index.knn`, :mod:`xmr.index.lexical`, label indexes):
+   ``text`` (zero-shot label-text vectors: the floor for labels with no training data), ``centroid`` (text +
+   mean of the label's training query vectors, ``centroid_enriched``), ``knn`` (instance votes; ``m`` and
+   ``power`` chosen on validation), ``lexical`` (TF-IDF prototypes).
+5. **Fusion**: weights on the validation split (:func:`xmr.index.fusion.choose_weights`), then every channel is
+   rebuilt on all training data with the chosen knobs and saved as ``runs/NAME/index`` (kind ``fused``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmr.catalogue import LabelCatalogue
+from xmr.datasets import Instances, read_instances
+from xmr.encoders import load_encoder
+from xmr.encoders.vector_cache import CHUNK, chunk_path, encode_cached, encode_chunk
+from xmr.errors import InvalidArgument
+from xmr.evaluation import ranking_metrics, truth_as_rows
+from xmr.index import build_index_from_embeddings
+from xmr.index.fusion import DEPTH, FusedPredictor, choose_weights, objective, propensities
+from xmr.index.knn import build_knn_index
+from xmr.index.lexical import build_lexical_index
+from xmr.io.atomic import write_text_atomically
+from xmr.train.label_vectors import centroid_enriched, label_centroids
+
+ENCODER = {"type": "sentence-transformers", "model": "all-MiniLM-L6-v2", "max_seq_length": 64}
+DEFAULT_BUDGET = "20m"
+ENCODE_SHARE = 0.7  # of the budget: the training queries' encoding; the rest builds, selects and saves channels
+VALIDATION_SHARE = 0.1
+MAX_VALIDATION = 2000
+MIN_VALIDATION = 20
+PROBE = 64  # texts encoded to measure the encoding rate before the first uncached chunk
+KNN_GRID = {"m": (10, 30, 100), "power": (1.0, 4.0)}
+LEXICAL_TEXT_WEIGHT = 0.5
+CENTROID_WEIGHT = 1.0
+
+
+def parse_budget(text: str | float | int) -> float:
+    """Seconds from ``"20m"``, ``"90s"``, ``"1.5h"`` or a number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+        if match is None:
+            raise InvalidArgument(f"--budget: {text!r} is not a duration like 20m, 90s or 1h")
+        seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if seconds <= 0:
+        raise InvalidArgument(f"--budget: must be positive, got {text!r}")
+    return seconds
+
+
+@dataclass
+class Choices:
+    """Every decision with its value and reason, in order (written to ``choices.json``)."""
+
+    entries: list[dict[str, Any]]
+
+    def add(self, what: str, value: Any, reason: str) -> Any:
+        self.entries.append({"what": what, "value": value, "reason": reason})
+        return value
+
+
+def encode_training(encoder: Any, texts: list[str], seconds: float, choices: Choices) -> np.ndarray:
+    """Vectors of the longest chunk-aligned prefix of ``texts`` that fits ``seconds`` of encoding at the rate
+    measured on a probe and then on the chunks encoded so far (cached chunks cost nothing); at least one chunk."""
+    parts, spent, rate = [], 0.0, None
+    for start in range(0, len(texts), CHUNK):
+        chunk = texts[start:start + CHUNK]
+        cached = chunk_path(encoder, chunk, "query").is_file()
+        if parts and not cached and rate is None:  # measure the rate on a probe before committing to a chunk
+            tick = time.perf_counter()
+            encoder.encode_queries(chunk[:PROBE])
+            spent += time.perf_counter() - tick
+            rate = len(chunk[:PROBE]) / max(time.perf_counter() - tick, 1e-6)
+        if parts and not cached and spent + len(chunk) / rate > seconds:
+            break
+        tick = time.perf_counter()
+        parts.append(encode_chunk(encoder, chunk, "query"))
+        if not cached:
+            spent += time.perf_counter() - tick
+            rate = len(chunk) / max(time.perf_counter() - tick, 1e-6)
+    vectors = np.concatenate(parts)
+    reason = ("every training query fits the encoding share of the budget" if len(vectors) == len(texts) else
+              f"the measured rate ({rate:.1f} queries/s) leaves no room for the next chunk of {CHUNK} within "
+              f"{seconds:.0f} s; dense channels use this prefix, the lexical channel all {len(texts)} texts")
+    choices.add("dense training queries", len(vectors), reason)
+    return vectors
+
+
+def build_channels(labels: LabelCatalogue, encoder: Any, text_vectors: np.ndarray, vectors: np.ndarray,
+                   rows: list[np.ndarray], texts: list[str], knn_knobs: dict[str, float]) -> dict[str, Any]:
+    """The four channels over training queries ``vectors``/``texts`` (``rows``: their catalogue rows; the lexical
+    channel gets every text, the dense ones the encoded prefix)."""
+    dense_rows = rows[:len(vectors)]
+    centroids, counts = label_centroids(vectors, dense_rows, len(labels))
+    return {
+        "text": build_index_from_embeddings(labels, text_vectors, None, encoder=encoder),
+        "centroid": build_index_from_embeddings(
+            labels, centroid_enriched(text_vectors, centroids, counts, CENTROID_WEIGHT), None, encoder=encoder),
+        "knn": build_knn_index(labels, vectors, dense_rows, encoder=encoder, **knn_knobs),
+        "lexical": build_lexical_index(labels, texts, rows, text_weight=LEXICAL_TEXT_WEIGHT),
+    }
+
+
+def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path, budget: str | float = DEFAULT_BUDGET,
+               seed: int = 0, say: Any = print, encoder: Any = None) -> dict[str, Any]:
+    """Build ``run/index`` (a fused predictor) from a catalogue and a training split within ``budget``; returns
+    the summary also written to ``run/summary.json`` (see the module docstring). ``encoder``: another encoder
+    config than the default MiniLM (tests use a tiny one)."""
+    started = time.perf_counter()
+    run = Path(run)
+    seconds = parse_budget(budget)
+    choices = Choices([])
+    labels = LabelCatalogue.from_file(labels_path)
+    train: Instances = read_instances(train_path)
+    if len(train) < MIN_VALIDATION * 2:
+        raise InvalidArgument(f"{train_path}: {len(train)} training instances; --auto needs at least "
+                              f"{MIN_VALIDATION * 2} (half of them to choose weights on)")
+    rows, missing = truth_as_rows(labels, train.labels)
+    texts = [str(item) if isinstance(item, str) else str(item.get("text", "")) for item in train.items()]
+    choices.add("budget seconds", seconds, f"--budget {budget}")
+    config = encoder or ENCODER
+    choices.add("encoder", config, "the bundled MiniLM, frozen: encoding is the dominant cost on CPU; 64 tokens "
+                "keep titles and first sentences at half the cost of 128")
+    choices.add("label count", len(labels), f"{sum(len(r) for r in rows)} training label occurrences, {missing} "
+                "outside the catalogue (dropped)")
+    encoder = load_encoder(config)
+    text_vectors = encode_cached(encoder, labels.items(), "label")
+    vectors = encode_training(encoder, texts, ENCODE_SHARE * seconds - (time.perf_counter() - started), choices)
+    encoded = len(vectors)
+    size = int(min(MAX_VALIDATION, max(MIN_VALIDATION, VALIDATION_SHARE * encoded)))
+    rng = np.random.default_rng(seed)
+    held = np.sort(rng.choice(encoded, size, replace=False))
+    choices.add("validation queries", size, f"{VALIDATION_SHARE:.0%} of the encoded training queries (at most "
+                f"{MAX_VALIDATION}), seed {seed}: knobs and weights are chosen on them, never on the test split")
+    kept = np.setdiff1d(np.arange(len(train)), held)
+    kept_dense = kept[kept < encoded]
+    fit_rows = [rows[i] for i in kept_dense] + [rows[i] for i in kept[kept >= encoded]]
+    fit_texts = [texts[i] for i in kept_dense] + [texts[i] for i in kept[kept >= encoded]]
+    held_rows, held_texts, held_vectors = [rows[i] for i in held], [texts[i] for i in held], vectors[held]
+    inverse = propensities(fit_rows, len(labels))
+    channels = build_channels(labels, encoder, text_vectors, vectors[kept_dense], fit_rows, fit_texts,
+                              {"m": KNN_GRID["m"][0], "power": KNN_GRID["power"][0]})
+    knn = channels["knn"]
+    grid = []
+    for m in KNN_GRID["m"]:
+        for power in KNN_GRID["power"]:
+            result = knn.predict_encoded(held_vectors, k=5, m=m, power=power)
+            grid.append((objective(ranking_metrics(result.rows, held_rows, (1, 3, 5), inverse)), m, power))
+    _, best_m, best_power = max(grid)
+    knn_knobs = choices.add("knn knobs", {"m": best_m, "power": best_power},
+                            f"best mean(P@1, PSP@1) on validation over m {KNN_GRID['m']} x power "
+                            f"{KNN_GRID['power']}: " + ", ".join(f"m={m} p={p}: {100 * v:.2f}" for v, m, p in grid))
+    results = {}
+    for name, channel in channels.items():
+        if name == "lexical":
+            results[name] = channel.predict(held_texts, k=DEPTH)
+        else:
+            results[name] = channel.predict_encoded(held_vectors, k=DEPTH, **(knn_knobs if name == "knn" else {}))
+    selection = choose_weights(results, held_rows, inverse)
+    choices.add("fusion weights", selection["weights"], f"grid on the simplex (step {selection['step']}) maximising "
+                f"{selection['objective']} on the validation queries: {100 * selection['value']:.2f}")
+    say(f"auto: weights {selection['weights']} (validation {selection['objective']} "
+        f"{100 * selection['value']:.2f}); rebuilding the channels on all {len(train)} training queries")
+    final = build_channels(labels, encoder, text_vectors, vectors, rows, texts, knn_knobs)
+    fused = FusedPredictor(final, selection["weights"], DEPTH, {**selection, "knn": knn_knobs}, None)
+    fused.save(run / "index")
+    summary = {"index": str(run / "index"), "train_seconds": round(time.perf_counter() - started, 1),
+               "budget_seconds": seconds, "labels": len(labels), "training_queries": len(train),
+               "dense_training_queries": encoded, "weights": selection["weights"], "knn": knn_knobs,
+               "validation": selection["validation"]}
+    write_text_atomically(run / "choices.json", json.dumps(choices.entries, indent=2, default=str) + "\n")
+    write_text_atomically(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def auto_recipe(path: str | Path) -> dict[str, Any] | None:
+    """The ``--auto`` settings of a recipe whose ``method`` is ``auto`` (``name``, ``data.labels``, ``data.train``,
+    optional ``auto.budget`` and ``seed``), or None for any other recipe (which ``load_recipe`` then reads)."""
+    import yaml
+
+    from xmr.train.recipe import RecipeError, resolve_recipe
+
+    resolved = resolve_recipe(path)
+    try:
+        values = yaml.safe_load(resolved.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # load_recipe reports what is wrong with it, with the line
+    if not isinstance(values, dict) or values.get("method") != "auto":
+        return None
+    data, settings = values.get("data") or {}, values.get("auto") or {}
+    problems = [f"data.{key}: required by method auto" for key in ("labels", "train") if not data.get(key)]
+    problems += [f"auto.{key}: unknown field (known: budget)" for key in settings if key != "budget"]
+    problems += [f"{key}: unknown field for method auto" for key in values
+                 if key not in ("name", "method", "data", "auto", "seed")]
+    if not values.get("name"):
+        problems.append("name: required")
+    if problems:
+        raise RecipeError(f"{resolved}: " + "; ".join(problems))
+    return {"name": values["name"], "labels": data["labels"], "train": data["train"],
+            "budget": settings.get("budget", DEFAULT_BUDGET), "seed": int(values.get("seed", 0))}
