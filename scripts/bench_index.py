@@ -1,7 +1,10 @@
-"""Index benchmark: xmr's recipes vs raw FAISS, hnswlib and PECOS HNSW on the same vectors, in one run.
+"""Index benchmark: xmr's recipes vs raw FAISS and seven ANN libraries (hnswlib, PECOS HNSW, usearch, Voyager,
+glass, NGT, ScaNN) on the same vectors, queries and threads, in one run.
 
     .venv/bin/python scripts/bench_index.py                 # N = 200,000 PyPI summaries, 2,000 queries
-    .venv/bin/python scripts/bench_index.py --n 725485 --out eval/bench/index-725k
+    .venv/bin/python scripts/bench_index.py --n 723485 --out eval/bench/index-725k
+    .venv/bin/python scripts/bench_index.py --n 50000 --part peers --out OUT &   # the two halves side by side,
+    .venv/bin/python scripts/bench_index.py --n 50000 --part xmr --out OUT       # then --part report merges them
 
 Data: the first N rows of ../shared/data/pypi-summaries/corpus.jsonl.gz are the catalogue, the last 2,000 rows the
 queries, embedded once with the bundled MiniLM and cached outside the repository (``--cache``, default
@@ -9,8 +12,10 @@ queries, embedded once with the bundled MiniLM and cached outside the repository
 float32 vectors with the same threads; exact top-10 from xmr Flat is the ground truth. For each point: build seconds,
 index bytes (the saved file), RSS growth after loading it (xmr: a fresh process opens the folder; peers: after
 build), recall@10, QPS (one batch of 2,000) and single-query p50/p99 (200 queries one at a time, one thread).
-The peers run in .venv-peers (libpecos pins numpy<2) through scripts/peers/ann.py.
-Writes OUT/{results.csv, report.md, recall_qps.png, encode.csv}.
+The peers run in .venv-peers (libpecos pins numpy<2; ScaNN, which needs numpy>=2, in .venv-peers-scann) through
+scripts/peers/ann.py, each along its own build x search grid (HNSW M from --M). ``--part`` runs the xmr half
+(OUT/xmr.json), the peers half (OUT/peers.json) or both, and every run rewrites the report from the halves in OUT.
+Writes OUT/{results.csv, report.md, recall_qps.png, encode.csv, facts.json}.
 """
 
 from __future__ import annotations
@@ -34,12 +39,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from peers.environment import peers_python  # noqa: E402 - scripts/peers/environment.py
+from peers.environment import SCANN_SYSTEMS, peers_python  # noqa: E402 - scripts/peers/environment.py
 
 from xmr.catalogue import LabelCatalogue  # noqa: E402
 from xmr.encoders import load_encoder  # noqa: E402
 from xmr.index import build_index_from_embeddings, load_index  # noqa: E402
-from xmr.index.recipes import PRESETS, IndexRecipe  # noqa: E402
+from xmr.index.recipes import PRESETS, IndexRecipe, parse_memory  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "pypi-summaries" / "corpus.jsonl.gz"
 CHUNK = 50_000
@@ -50,6 +55,7 @@ COLUMNS = ("system", "recipe", "params", "n", "build_s", "index_bytes", "rss_mb"
            "p99_ms")
 EF_SWEEP = [16, 32, 64, 128, 256, 512]
 NPROBE_SWEEP = [4, 8, 16, 32, 64, 128, 256]
+PEERS = ("hnswlib", "pecos", "usearch", "voyager", "glass", "ngt", "scann")
 
 
 def read_corpus(n: int) -> tuple[list[str], list[str]]:
@@ -209,16 +215,33 @@ def bench_xmr(recipe: IndexRecipe, sweep: list[dict], catalogue: LabelCatalogue,
     return rows, facts
 
 
-def bench_peers(labels: np.ndarray, queries: np.ndarray, truth: np.ndarray, work: Path, threads: int) -> dict:
+def bench_peers(labels: np.ndarray, queries: np.ndarray, truth: np.ndarray, work: Path, args) -> dict:
+    """Every peer in ``args.systems`` through scripts/peers/ann.py, in its environment; a peer whose environment
+    cannot be made is listed under ``failed`` with the installer's last line."""
     for name, array in (("labels", labels), ("queries", queries), ("truth", truth)):
         np.save(work / f"{name}.npy", array)
-    out = work / "peers.json"
-    subprocess.run([str(peers_python()), str(ROOT / "scripts/peers/ann.py"), "--labels", str(work / "labels.npy"),
-                    "--queries", str(work / "queries.npy"), "--truth", str(work / "truth.npy"), "--k", str(K),
-                    "--threads", str(threads), "--systems", "hnswlib,pecos", "--hnswlib-M", "16", "32",
-                    "--pecos-M", "32", "--ef-construction", "200", "--ef", *map(str, EF_SWEEP), "--out", str(out)],
-                   check=True)
-    return json.loads(out.read_text())
+    merged: dict = {"versions": {}, "rows": [], "failed": {}}
+    groups = {"peers": [s for s in args.systems if s not in SCANN_SYSTEMS],
+              "peers-scann": [s for s in args.systems if s in SCANN_SYSTEMS]}
+    for environment, systems in groups.items():
+        if not systems:
+            continue
+        try:
+            python = peers_python(environment)
+        except subprocess.CalledProcessError as error:
+            reason = (error.stderr or error.stdout or str(error)).strip().splitlines()[-1:]
+            merged["failed"].update({system: f"{environment}: {' '.join(reason)}" for system in systems})
+            continue
+        out = work / f"{environment}.json"
+        subprocess.run([str(python), str(ROOT / "scripts/peers/ann.py"), "--labels", str(work / "labels.npy"),
+                        "--queries", str(work / "queries.npy"), "--truth", str(work / "truth.npy"), "--k", str(K),
+                        "--threads", str(args.threads), "--systems", ",".join(systems), "--M", *map(str, args.M),
+                        "--ef-construction", "200", "--ef", *map(str, args.ef), "--out", str(out),
+                        *args.peer_options], check=True)
+        result = json.loads(out.read_text())
+        for key in merged:
+            merged[key].update(result.get(key, {})) if key != "rows" else merged[key].extend(result["rows"])
+    return merged
 
 
 def bench_encoding(texts: list[str], threads: int) -> list[dict]:
@@ -254,28 +277,94 @@ def bench_encoding(texts: list[str], threads: int) -> list[dict]:
     return rows
 
 
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (recall, qps) points no other point beats in both, by rising recall."""
+    best, kept = 0.0, []
+    for recall, qps in sorted(points, key=lambda point: (-point[0], -point[1])):
+        if qps > best:
+            kept.append((recall, qps))
+            best = qps
+    return sorted(kept)
+
+
 def plot(rows: list[dict], out: Path, n: int) -> None:
+    """Recall/QPS: each peer's frontier over all its builds and settings, and each xmr recipe's own curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 5))
+    figure, axis = plt.subplots(figsize=(11, 6))
     series: dict[str, list[tuple[float, float]]] = {}
     for row in rows:
-        series.setdefault(f"{row['system']}: {row['recipe']}", []).append((row["recall_at_10"], row["qps"]))
+        name = f"xmr: {row['recipe']}" if row["system"] == "xmr" else f"{row['system']} (frontier of all builds)"
+        series.setdefault(name, []).append((row["recall_at_10"], row["qps"]))
     for name, points in sorted(series.items()):
-        points.sort()
-        axis.plot(*zip(*points, strict=True), "o-" if len(points) > 1 else "s", label=name, markersize=4)
+        points = frontier(points)
+        style = ("o-" if name.startswith("xmr") else "^--") if len(points) > 1 else "s"
+        axis.plot(*zip(*points, strict=True), style, label=name, markersize=4)
+    axis.axvline(0.95, color="grey", linewidth=0.8)
+    axis.set_xlim(0.5, 1.005)
     axis.set_xlabel("recall@10 vs exact")
     axis.set_ylabel("queries/s (batch of 2,000)")
     axis.set_yscale("log")
     axis.set_title(f"PyPI summaries, MiniLM 384-d, n = {n:,}")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="lower left")
+    axis.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
-    figure.savefig(out / "recall_qps.png", dpi=120)
+    figure.savefig(out / "recall_qps.png", dpi=110)
     plt.close(figure)
+
+
+def xmr_plans(labels: np.ndarray, m_values: list[int]) -> list[tuple[IndexRecipe, list[dict], dict]]:
+    """The xmr recipes and their knob sweeps: HNSW at every --M (efConstruction 200, as the presets), the quantised
+    graph with C++ refinement, the IVF recipes, the compressed refine recipe and ``auto`` under 1/4 of Flat."""
+    ef = [{"efSearch": value} for value in EF_SWEEP]
+    hnsw = [(PRESETS[f"hnsw{m}"] if f"hnsw{m}" in PRESETS else IndexRecipe(f"hnsw{m}", f"HNSW{m}",
+                                                                          {"efConstruction": 200}), ef, {})
+            for m in m_values]
+    refine_ef = [{"efSearch": value, "k_factor_rf": factor} for factor in (1, 2, 4) for value in (16, 24, 32, 48, 64,
+                                                                                                  96, 128)]
+    refine_ivf = [{"nprobe": value, "k_factor_rf": factor} for factor in (5, 10, 20) for value in (8, 16, 32, 64, 128,
+                                                                                                   256)]
+    return [*hnsw, (PRESETS["hnsw32-sq8-refine"], refine_ef, {}),
+            (PRESETS["ivf-sq8"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
+            (PRESETS["ivf-pq"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
+            (PRESETS["ivf-pq-refine"], refine_ivf, {}),
+            (IndexRecipe("ivf-pq-refine-sq4", "IVF{nlist},PQ{m4}x4fs,Refine(SQ4)"), refine_ivf, {}),
+            (IndexRecipe("auto", "auto"), [], {"max_memory": int(labels.nbytes / 4), "target_recall": 0.95})]
+
+
+def run_xmr(args, catalogue: LabelCatalogue, labels: np.ndarray, queries: np.ndarray, work: Path) -> dict:
+    """The xmr half: Flat (the ground truth), raw FAISS Flat, every recipe of ``xmr_plans``; rows and facts."""
+    rows, facts = [], {}
+    exact, facts["flat"] = bench_xmr(PRESETS["flat"], [], catalogue, labels, queries, None, work)
+    truth = exact[0].pop("_ids")
+    rows += exact
+    rows.append(bench_raw_faiss(labels, queries, truth, args.n))
+    print(rows[-2:], flush=True)
+    for recipe, sweep, options in xmr_plans(labels, args.M):
+        if recipe.name == "auto":
+            options = {**options, "max_memory": parse_memory(args.max_memory)} if args.max_memory else options
+            built, facts["auto"] = bench_xmr_auto(catalogue, labels, queries, truth, work, options)
+        else:
+            built, facts[recipe.name] = bench_xmr(recipe, sweep, catalogue, labels, queries, truth, work)
+        for row in built:
+            row.pop("_ids")
+            print({key: row[key] for key in ("recipe", "params", "recall_at_10", "qps", "p50_ms")}, flush=True)
+        rows += built
+        shutil.rmtree(work / recipe.name, ignore_errors=True)
+        write_json(args.out / "xmr.json", {"rows": rows, "facts": facts})  # partial results
+    encoding = [] if args.skip_encoding else bench_encoding(read_corpus(args.n)[1], args.threads)
+    result = {"rows": rows, "facts": facts, "encoding": encoding}
+    write_json(args.out / "xmr.json", result)
+    return result
+
+
+def write_json(path: Path, payload: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, default=str) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def main() -> None:
@@ -285,50 +374,67 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "xmr" / "bench-index")
     parser.add_argument("--out", type=Path, default=ROOT / "eval" / "bench" / "index")
     parser.add_argument("--max-memory", default="", help="memory budget for the auto recipe (default: 1/4 of Flat)")
-    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--part", choices=("all", "xmr", "peers", "report"), default="all")
+    parser.add_argument("--systems", default=",".join(PEERS), help=f"peers to run (default: {','.join(PEERS)})")
+    parser.add_argument("--M", type=int, nargs="+", default=[16, 32, 64], help="HNSW links per node, xmr and peers")
+    parser.add_argument("--ef", type=int, nargs="+", default=EF_SWEEP, help="search beam sweep of the HNSW peers")
+    parser.add_argument("--peer-options", nargs=argparse.REMAINDER, default=[],
+                        help="the rest of the line goes to scripts/peers/ann.py (e.g. --usearch-dtypes f32)")
+    parser.add_argument("--skip-peers", action="store_true", help="same as --part xmr")
+    parser.add_argument("--skip-encoding", action="store_true", help="leave out the encoder speed table")
     parser.add_argument("--embed-only", action="store_true", help="fill the embedding cache and stop")
     args = parser.parse_args()
+    args.systems = [system for system in args.systems.split(",") if system]
+    args.part = "xmr" if args.skip_peers and args.part == "all" else args.part
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     faiss.omp_set_num_threads(args.threads)
-    texts, query_texts = read_corpus(args.n)
-    labels, queries = cached_embeddings(texts, query_texts, args.cache / "pypi-minilm", args.threads)
-    if args.embed_only:
-        return
-    catalogue = LabelCatalogue.from_records([{"id": row, "text": text} for row, text in enumerate(texts)],
-                                            source=str(CORPUS))
     args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-index-", dir=args.cache))
-    try:
-        rows, facts = [], {}
-        exact, facts["flat"] = bench_xmr(PRESETS["flat"], [], catalogue, labels, queries, None, work)
-        truth = exact[0].pop("_ids")
-        rows += exact
-        rows.append(bench_raw_faiss(labels, queries, truth, args.n))
-        print(rows[-2:], flush=True)
-        budget = args.max_memory or int(labels.nbytes / 4)
-        plans = [(PRESETS["hnsw32"], [{"efSearch": ef} for ef in EF_SWEEP], {}),
-                 (PRESETS["hnsw64"], [{"efSearch": ef} for ef in EF_SWEEP], {}),
-                 (PRESETS["ivf-sq8"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
-                 (PRESETS["ivf-pq"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
-                 (IndexRecipe("auto", "auto"), [], {"max_memory": budget, "target_recall": 0.95})]
-        for recipe, sweep, options in plans:
-            if recipe.name == "auto":
-                built, facts["auto"] = bench_xmr_auto(catalogue, labels, queries, truth, work, options)
-            else:
-                built, facts[recipe.name] = bench_xmr(recipe, sweep, catalogue, labels, queries, truth, work)
-            for row in built:
-                row.pop("_ids")
-                print({key: row[key] for key in ("recipe", "params", "recall_at_10", "qps", "p50_ms")}, flush=True)
-            rows += built
-            shutil.rmtree(work / recipe.name, ignore_errors=True)
-        peers = {} if args.skip_peers else bench_peers(labels, queries, truth, work, args.threads)
-        for row in peers.get("rows", []):
-            row["rss_mb"] = row["rss_mb"] - row.pop("rss_base_mb")
-            rows.append(row)
-        encoding = bench_encoding(query_texts, args.threads)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    write_outputs(args, rows, facts, peers.get("versions", {}), encoding)
+    if args.part != "report":
+        texts, query_texts = read_corpus(args.n)
+        labels, queries = cached_embeddings(texts, query_texts, args.cache / "pypi-minilm", args.threads)
+        if args.embed_only:
+            return
+        work = Path(tempfile.mkdtemp(prefix="bench-index-", dir=args.cache))
+        try:
+            if args.part in ("all", "xmr"):
+                catalogue = LabelCatalogue.from_records([{"id": row, "text": text} for row, text in enumerate(texts)],
+                                                        source=str(CORPUS))
+                run_xmr(args, catalogue, labels, queries, work)
+            if args.part in ("all", "peers"):
+                # exact top-10 by inner product: the same ground truth xmr's Flat gives the xmr half
+                truth = faiss.knn(queries, labels, K, metric=faiss.METRIC_INNER_PRODUCT)[1]
+                write_json(args.out / "peers.json", merge_peers(args.out / "peers.json",
+                                                                bench_peers(labels, queries, truth, work, args)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    report_from_parts(args)
+
+
+def merge_peers(path: Path, new: dict) -> dict:
+    """``new`` peer results over those already in ``path`` (same n): a rerun replaces the rows of the builds it
+    measured again and keeps the others, so a grid can be filled in over several runs."""
+    if not path.is_file():
+        return new
+    old = json.loads(path.read_text())
+    fresh = {(row["system"], row["recipe"]) for row in new["rows"]}
+    rows = [row for row in old["rows"] if (row["system"], row["recipe"]) not in fresh] + new["rows"]
+    failed = {name: why for name, why in {**old.get("failed", {}), **new["failed"]}.items()
+              if name not in {row["system"] for row in rows}}
+    return {"versions": {**old.get("versions", {}), **new["versions"]}, "rows": rows, "failed": failed}
+
+
+def report_from_parts(args) -> None:
+    """Merge OUT/xmr.json and OUT/peers.json (whichever exist) into the tables, the plot and the report."""
+    xmr = json.loads((args.out / "xmr.json").read_text()) if (args.out / "xmr.json").is_file() else None
+    if xmr is None:
+        print(f"bench_index: no {args.out / 'xmr.json'} yet; the report needs the xmr half", flush=True)
+        return
+    peers = json.loads((args.out / "peers.json").read_text()) if (args.out / "peers.json").is_file() else {}
+    rows = list(xmr["rows"])
+    for row in peers.get("rows", []):
+        rows.append({**row, "rss_mb": row["rss_mb"] - row["rss_base_mb"]})
+    write_outputs(args, rows, xmr["facts"], peers.get("versions", {}), xmr.get("encoding", []),
+                  peers.get("failed", {}))
 
 
 def bench_xmr_auto(catalogue: LabelCatalogue, labels: np.ndarray, queries: np.ndarray, truth: np.ndarray,
@@ -351,7 +457,8 @@ def bench_xmr_auto(catalogue: LabelCatalogue, labels: np.ndarray, queries: np.nd
     return [row], {"manifest_recipe": recipe, "budget_bytes": options["max_memory"]}
 
 
-def write_outputs(args, rows: list[dict], facts: dict, versions: dict, encoding: list[dict]) -> None:
+def write_outputs(args, rows: list[dict], facts: dict, versions: dict, encoding: list[dict],
+                  failed: dict) -> None:
     out: Path = args.out
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
@@ -359,51 +466,68 @@ def write_outputs(args, rows: list[dict], facts: dict, versions: dict, encoding:
         for row in rows:
             writer.writerow({key: (round(value, 4) if isinstance(value, float) else value) for key, value in
                              row.items()})
-    with open(out / "encode.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=("system", "encoder", "texts_per_s", "note"))
-        writer.writeheader()
-        writer.writerows(encoding)
+    if encoding:
+        with open(out / "encode.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=("system", "encoder", "texts_per_s", "note"))
+            writer.writeheader()
+            writer.writerows(encoding)
     (out / "facts.json").write_text(json.dumps(facts, indent=2, default=str) + "\n", encoding="utf-8")
     plot(rows, out, args.n)
-    write_report(args, rows, facts, versions, encoding)
+    write_report(args, rows, facts, versions, encoding, failed)
 
 
-def write_report(args, rows: list[dict], facts: dict, versions: dict, encoding: list[dict]) -> None:
-    def best_at(system_filter, recall: float) -> dict | None:
-        eligible = [row for row in rows if system_filter(row) and row["recall_at_10"] >= recall]
-        return max(eligible, key=lambda row: row["qps"]) if eligible else None
+def best_at(rows: list[dict], keep, recall: float) -> dict | None:
+    """The highest-QPS row among ``keep(row)`` rows with recall@10 >= ``recall``."""
+    eligible = [row for row in rows if keep(row) and row["recall_at_10"] >= recall]
+    return max(eligible, key=lambda row: row["qps"]) if eligible else None
 
+
+def write_report(args, rows: list[dict], facts: dict, versions: dict, encoding: list[dict], failed: dict) -> None:
     flat = next(row for row in rows if row["system"] == "xmr" and row["recipe"] == "Flat")
     raw = next(row for row in rows if row["system"] == "faiss")
+    is_xmr = lambda row: row["system"] == "xmr"  # noqa: E731
+    is_peer = lambda row: row["system"] not in ("xmr", "faiss")  # noqa: E731
     lines = [f"# Index benchmark: PyPI summaries, n = {args.n:,}, {N_QUERIES:,} queries, k = {K}", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.threads} threads; "
              f"faiss {faiss.__version__}; peers {versions or 'skipped'}. Command: "
-             f"`.venv/bin/python scripts/bench_index.py --n {args.n}`. Recall is against xmr Flat (exact); QPS is "
-             f"one batch of {N_QUERIES:,} on all threads; p50/p99 are single queries on one thread; rss_mb is the "
-             "resident-set growth when a fresh process opens the folder (xmr) or after the build (peers).", "",
-             "## Targets (ratios from this run)", ""]
-    lines.append(f"- xmr exact vs raw `IndexFlatIP`: {flat['qps']:.0f} vs {raw['qps']:.0f} QPS = "
-                 f"{flat['qps'] / raw['qps']:.2f}x (target >= 0.90).")
+             f"`.venv/bin/python scripts/bench_index.py --n {args.n}` (here run as `--part peers` and `--part xmr` "
+             "side by side, same vectors, queries and threads, then `--part report`). Recall is against exact "
+             f"search; QPS is one batch of {N_QUERIES:,} on all threads; p50/p99 are single queries on one thread; "
+             "rss_mb is the resident-set growth when a fresh process opens the folder and searches (xmr) or "
+             "after the build (peers).", ""]
+    if failed:
+        lines += ["Peers that did not run: " + "; ".join(f"{name}: {why}" for name, why in failed.items()), ""]
+    lines += ["## Targets (ratios from this run)", "",
+              f"- xmr exact vs raw `IndexFlatIP`: {flat['qps']:.0f} vs {raw['qps']:.0f} QPS = "
+              f"{flat['qps'] / raw['qps']:.2f}x (target >= 0.90)."]
     for recall in (0.95, 0.90):
-        ours = best_at(lambda row: row["system"] == "xmr", recall)
-        peers = best_at(lambda row: row["system"] in ("hnswlib", "pecos"), recall)
-        if ours and peers:
-            lines.append(f"- best at recall@10 >= {recall}: xmr {ours['recipe']} {ours['params']} {ours['qps']:.0f} "
-                         f"QPS vs {peers['system']} {peers['recipe']} {peers['params']} {peers['qps']:.0f} QPS = "
-                         f"{ours['qps'] / peers['qps']:.2f}x.")
-    compressed = [row for row in rows if row["system"] == "xmr" and row["index_bytes"] <= flat["index_bytes"] / 4
-                  and row["recall_at_10"] >= 0.90]
-    if compressed:
-        best = max(compressed, key=lambda row: row["qps"])
-        lines.append(f"- compressed: {best['recipe']} {best['params']}: {best['index_bytes'] / flat['index_bytes']:.2f}"
-                     f" of Flat's bytes, recall@10 {best['recall_at_10']:.3f}, {best['qps']:.0f} QPS.")
-    else:
-        lines.append("- compressed: no recipe reached recall@10 >= 0.90 at <= 1/4 of Flat's bytes.")
+        ours, peer = best_at(rows, is_xmr, recall), best_at(rows, is_peer, recall)
+        if ours and peer:
+            lines.append(f"- fastest at recall@10 >= {recall}: xmr {ours['recipe']} {ours['params']} "
+                         f"{ours['qps']:.0f} QPS vs best peer {peer['system']} {peer['recipe']} {peer['params']} "
+                         f"{peer['qps']:.0f} QPS = {ours['qps'] / peer['qps']:.2f}x (target > 1).")
+    budget = flat["rss_mb"] / 4
+    small = best_at(rows, lambda row: is_xmr(row) and row["rss_mb"] <= budget, 0.95)
+    lines.append(f"- compressed: {small['recipe']} {small['params']}: RSS {small['rss_mb']:.0f} MB = "
+                 f"{small['rss_mb'] / flat['rss_mb']:.2f} of Flat's {flat['rss_mb']:.0f} MB, index "
+                 f"{small['index_bytes'] / flat['index_bytes']:.2f} of Flat's bytes, recall@10 "
+                 f"{small['recall_at_10']:.3f}, {small['qps']:.0f} QPS (target: recall >= 0.95 at <= 1/4 of Flat's "
+                 "RSS)." if small else f"- compressed: no xmr recipe reached recall@10 >= 0.95 within 1/4 of Flat's "
+                 f"RSS ({budget:.0f} MB).")
     plain = next((row for row in encoding if row["system"] == "sentence-transformers"), None)
     for row in encoding:
         if plain and row["system"] == "xmr" and row["texts_per_s"] == row["texts_per_s"]:
             lines.append(f"- encoding {row['encoder']}: {row['texts_per_s']:.0f} texts/s = "
                          f"{row['texts_per_s'] / plain['texts_per_s']:.2f}x plain sentence-transformers.")
+    lines += ["", "## Fastest point of each system and recipe at recall@10 >= 0.95", "",
+              "| system | recipe | params | QPS | recall@10 | build s | RSS MB | index MB | p50 ms |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    groups = sorted({(row["system"], row["recipe"]) for row in rows})
+    winners = [best_at(rows, lambda row, g=group: (row["system"], row["recipe"]) == g, 0.95) for group in groups]
+    for row in sorted((w for w in winners if w), key=lambda row: -row["qps"]):
+        lines.append(f"| {row['system']} | {row['recipe']} | {row['params']} | {row['qps']:.0f} | "
+                     f"{row['recall_at_10']:.3f} | {row['build_s']:.1f} | {row['rss_mb']:.0f} | "
+                     f"{row['index_bytes'] / 2**20:.1f} | {row['p50_ms']:.2f} |")
     lines += ["", "## All points", "", "| system | recipe | params | build s | index MB | RSS MB | recall@10 | QPS | "
               "p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
