@@ -56,6 +56,7 @@ COLUMNS = ("system", "recipe", "params", "n", "build_s", "index_bytes", "rss_mb"
 EF_SWEEP = [16, 32, 64, 128, 256, 512]
 NPROBE_SWEEP = [4, 8, 16, 32, 64, 128, 256]
 PEERS = ("hnswlib", "pecos", "usearch", "voyager", "glass", "ngt", "scann")
+COMPRESSED = ("ivf-sq8", "ivf-pq", "ivf-pq-refine", "ivf-pq-refine-sq4")  # recipes for the 1/4-of-Flat target
 
 
 def read_corpus(n: int) -> tuple[list[str], list[str]]:
@@ -154,6 +155,58 @@ def rss_after_load(path: Path, mmap: bool = False, opener: str = "xmr") -> float
     out = subprocess.run([sys.executable, "-c", code, str(ROOT), str(path), "1" if mmap else "0"],
                          check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+INDEX_RESIDENT = """import json, sys, numpy as np, faiss
+def rss(): return {l.split(':')[0]: int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('Rss')}
+folder, queries, depth, knobs = sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+base = rss()
+index = faiss.read_index(folder + '/index.faiss')
+space = faiss.ParameterSpace()
+for name, value in knobs.items():
+    space.set_index_parameter(index, name, value)
+ids = index.search(queries, max(10, depth))[1]
+if depth:  # the exact re-rank reads these rows of the memory-mapped vectors
+    vectors = np.load(folder + '/vectors.npy', mmap_mode='r')
+    float(vectors[np.unique(ids[ids >= 0])].sum())
+after = rss()
+print(json.dumps({key: after[key] - base[key] for key in after}))
+"""
+
+
+def index_resident_mb(folder: Path, queries: Path, depth: int, knobs: dict) -> dict:
+    """RSS growth (total, anonymous, file-backed) of a fresh process with only faiss and numpy that opens the index
+    file, searches all queries with ``knobs`` and, for a re-ranking recipe, reads the vectors.npy rows the re-rank
+    reads: the index's own resident memory, without the catalogue and the library code every recipe shares."""
+    out = subprocess.run([sys.executable, "-c", INDEX_RESIDENT, str(folder), str(queries), str(depth),
+                          json.dumps(knobs)], check=True, capture_output=True, text=True)
+    growth = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"rss_mb": growth["RssAnon"] + growth["RssFile"] + growth.get("RssShmem", 0.0),
+            "anon_mb": growth["RssAnon"], "file_mb": growth["RssFile"]}
+
+
+def run_memory(args, catalogue: LabelCatalogue, labels: np.ndarray, queries: np.ndarray, work: Path) -> dict:
+    """The compressed target's half: Flat and each compressed recipe built and saved, then its index-resident
+    memory at its preset knobs and at the deepest setting of its sweep (the most candidates read)."""
+    np.save(work / "queries.npy", queries)
+    plans = {recipe.name: (recipe, sweep) for recipe, sweep, _ in xmr_plans(labels, args.M)}
+    result = {}
+    for name in ("flat", *COMPRESSED):
+        recipe, sweep = plans.get(name, (PRESETS[name], []))
+        index = build_index_from_embeddings(catalogue, labels, None, recipe=recipe)
+        folder = index.save(work / name)
+        depth = index.knobs().get("rerank", 0)
+        deepest = max(sweep, key=lambda knobs: tuple(sorted(knobs.values())), default={})
+        result[name] = {"factory": index.candidates.factory, "index_bytes": folder_bytes(folder),
+                        "preset": {"knobs": index.candidates.knobs(),
+                                   **index_resident_mb(folder, work / "queries.npy", depth,
+                                                       index.candidates.knobs())},
+                        "deepest": {"knobs": deepest,
+                                    **index_resident_mb(folder, work / "queries.npy", depth, deepest)}}
+        print(name, result[name], flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    write_json(args.out / "memory.json", result)
+    return result
 
 
 def open_seconds(folder: Path, mmap: bool) -> float:
@@ -343,7 +396,8 @@ def run_xmr(args, catalogue: LabelCatalogue, labels: np.ndarray, queries: np.nda
     rows += exact
     rows.append(bench_raw_faiss(labels, queries, truth, args.n))
     print(rows[-2:], flush=True)
-    for recipe, sweep, options in xmr_plans(labels, args.M):
+    plans = [plan for plan in xmr_plans(labels, args.M) if not args.recipes or plan[0].name in args.recipes]
+    for recipe, sweep, options in plans:
         if recipe.name == "auto":
             options = {**options, "max_memory": parse_memory(args.max_memory)} if args.max_memory else options
             built, facts["auto"] = bench_xmr_auto(catalogue, labels, queries, truth, work, options)
@@ -354,11 +408,16 @@ def run_xmr(args, catalogue: LabelCatalogue, labels: np.ndarray, queries: np.nda
             print({key: row[key] for key in ("recipe", "params", "recall_at_10", "qps", "p50_ms")}, flush=True)
         rows += built
         shutil.rmtree(work / recipe.name, ignore_errors=True)
-        write_json(args.out / "xmr.json", {"rows": rows, "facts": facts})  # partial results
+        write_json(xmr_file(args), {"rows": rows, "facts": facts})  # partial results
     encoding = [] if args.skip_encoding else bench_encoding(read_corpus(args.n)[1], args.threads)
     result = {"rows": rows, "facts": facts, "encoding": encoding}
-    write_json(args.out / "xmr.json", result)
+    write_json(xmr_file(args), result)
     return result
+
+
+def xmr_file(args) -> Path:
+    """OUT/xmr.json, or OUT/xmr-<recipes>.json for a run of some recipes (merged by the report)."""
+    return args.out / ("xmr-" + "+".join(args.recipes) + ".json" if args.recipes else "xmr.json")
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -374,12 +433,15 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "xmr" / "bench-index")
     parser.add_argument("--out", type=Path, default=ROOT / "eval" / "bench" / "index")
     parser.add_argument("--max-memory", default="", help="memory budget for the auto recipe (default: 1/4 of Flat)")
-    parser.add_argument("--part", choices=("all", "xmr", "peers", "report"), default="all")
+    parser.add_argument("--part", choices=("all", "xmr", "peers", "memory", "report"), default="all",
+                        help="memory: index-resident memory of Flat and the compressed recipes (OUT/memory.json)")
     parser.add_argument("--systems", default=",".join(PEERS), help=f"peers to run (default: {','.join(PEERS)})")
     parser.add_argument("--M", type=int, nargs="+", default=[16, 32, 64], help="HNSW links per node, xmr and peers")
     parser.add_argument("--ef", type=int, nargs="+", default=EF_SWEEP, help="search beam sweep of the HNSW peers")
     parser.add_argument("--peer-options", nargs=argparse.REMAINDER, default=[],
                         help="the rest of the line goes to scripts/peers/ann.py (e.g. --usearch-dtypes f32)")
+    parser.add_argument("--recipes", nargs="+", default=[], help="xmr recipes to run (default: all of xmr_plans; "
+                        "written to OUT/xmr-<recipes>.json, which the report merges with OUT/xmr.json)")
     parser.add_argument("--skip-peers", action="store_true", help="same as --part xmr")
     parser.add_argument("--skip-encoding", action="store_true", help="leave out the encoder speed table")
     parser.add_argument("--embed-only", action="store_true", help="fill the embedding cache and stop")
@@ -396,10 +458,12 @@ def main() -> None:
             return
         work = Path(tempfile.mkdtemp(prefix="bench-index-", dir=args.cache))
         try:
+            catalogue = LabelCatalogue.from_records([{"id": row, "text": text} for row, text in enumerate(texts)],
+                                                    source=str(CORPUS))
             if args.part in ("all", "xmr"):
-                catalogue = LabelCatalogue.from_records([{"id": row, "text": text} for row, text in enumerate(texts)],
-                                                        source=str(CORPUS))
                 run_xmr(args, catalogue, labels, queries, work)
+            if args.part in ("all", "memory"):
+                run_memory(args, catalogue, labels, queries, work)
             if args.part in ("all", "peers"):
                 # exact top-10 by inner product: the same ground truth xmr's Flat gives the xmr half
                 truth = faiss.knn(queries, labels, K, metric=faiss.METRIC_INNER_PRODUCT)[1]
@@ -425,10 +489,20 @@ def merge_peers(path: Path, new: dict) -> dict:
 
 def report_from_parts(args) -> None:
     """Merge OUT/xmr.json and OUT/peers.json (whichever exist) into the tables, the plot and the report."""
-    xmr = json.loads((args.out / "xmr.json").read_text()) if (args.out / "xmr.json").is_file() else None
-    if xmr is None:
+    parts = [json.loads(path.read_text()) for path in sorted(args.out.glob("xmr*.json"),
+                                                                 key=lambda path: (path.name != "xmr.json", path.name))]
+    if not any(path.name == "xmr.json" for path in args.out.glob("xmr*.json")):
         print(f"bench_index: no {args.out / 'xmr.json'} yet; the report needs the xmr half", flush=True)
         return
+    xmr = {"rows": [], "facts": {}, "encoding": []}
+    seen = set()
+    for part in parts:  # xmr.json first: its rows win over a recipe run again on its own
+        for row in part["rows"]:
+            if (row["system"], row["recipe"], row["params"]) not in seen:
+                seen.add((row["system"], row["recipe"], row["params"]))
+                xmr["rows"].append(row)
+        xmr["facts"] = {**part["facts"], **xmr["facts"]}
+        xmr["encoding"] = xmr["encoding"] or part.get("encoding", [])
     peers = json.loads((args.out / "peers.json").read_text()) if (args.out / "peers.json").is_file() else {}
     rows = list(xmr["rows"])
     for row in peers.get("rows", []):
@@ -476,6 +550,11 @@ def write_outputs(args, rows: list[dict], facts: dict, versions: dict, encoding:
     write_report(args, rows, facts, versions, encoding, failed)
 
 
+def of_factory(factory: str):
+    """Whether a row is an xmr recipe built from ``factory`` (its label: the factory, then `` rerankN`` / ``efC``)."""
+    return lambda row: row["system"] == "xmr" and (row["recipe"] == factory or row["recipe"].startswith(factory + " "))
+
+
 def best_at(rows: list[dict], keep, recall: float) -> dict | None:
     """The highest-QPS row among ``keep(row)`` rows with recall@10 >= ``recall``."""
     eligible = [row for row in rows if keep(row) and row["recall_at_10"] >= recall]
@@ -506,14 +585,45 @@ def write_report(args, rows: list[dict], facts: dict, versions: dict, encoding: 
             lines.append(f"- fastest at recall@10 >= {recall}: xmr {ours['recipe']} {ours['params']} "
                          f"{ours['qps']:.0f} QPS vs best peer {peer['system']} {peer['recipe']} {peer['params']} "
                          f"{peer['qps']:.0f} QPS = {ours['qps'] / peer['qps']:.2f}x (target > 1).")
-    budget = flat["rss_mb"] / 4
-    small = best_at(rows, lambda row: is_xmr(row) and row["rss_mb"] <= budget, 0.95)
-    lines.append(f"- compressed: {small['recipe']} {small['params']}: RSS {small['rss_mb']:.0f} MB = "
-                 f"{small['rss_mb'] / flat['rss_mb']:.2f} of Flat's {flat['rss_mb']:.0f} MB, index "
-                 f"{small['index_bytes'] / flat['index_bytes']:.2f} of Flat's bytes, recall@10 "
-                 f"{small['recall_at_10']:.3f}, {small['qps']:.0f} QPS (target: recall >= 0.95 at <= 1/4 of Flat's "
-                 "RSS)." if small else f"- compressed: no xmr recipe reached recall@10 >= 0.95 within 1/4 of Flat's "
-                 f"RSS ({budget:.0f} MB).")
+        ours = min((row for row in rows if is_xmr(row) and row["recall_at_10"] >= recall), default=None,
+                   key=lambda row: row["p50_ms"])
+        peer = min((row for row in rows if is_peer(row) and row["recall_at_10"] >= recall), default=None,
+                   key=lambda row: row["p50_ms"])
+        if ours and peer:
+            lines.append(f"- lowest one-query p50 at recall@10 >= {recall} (one thread): xmr {ours['recipe']} "
+                         f"{ours['params']} {ours['p50_ms']:.3f} ms vs best peer {peer['system']} {peer['recipe']} "
+                         f"{peer['params']} {peer['p50_ms']:.3f} ms = {peer['p50_ms'] / ours['p50_ms']:.2f}x.")
+    memory = json.loads((args.out / "memory.json").read_text()) if (args.out / "memory.json").is_file() else {}
+    memory_lines = []
+    if memory:
+        flat_mb = memory["flat"]["deepest"]["rss_mb"]
+        memory_lines = ["", "## Index-resident memory (Flat and the compressed recipes)", "",
+                        "RSS growth of a fresh process holding only faiss and numpy that opens `index.faiss`, searches "
+                        "all queries and, for a re-ranking recipe, reads the `vectors.npy` rows the re-rank reads "
+                        "(file-backed pages: they count while they stay cached). `deepest`: the sweep setting that "
+                        "reads the most candidates. Best QPS: the fastest point of that recipe at recall@10 >= 0.95.",
+                        "", "| recipe | factory | index MB | resident MB (preset knobs) | resident MB (deepest) | "
+                        "of Flat | best QPS at recall >= 0.95 |", "|---|---|---|---|---|---|---|"]
+        for name, fact in memory.items():
+            best = best_at(rows, of_factory(fact["factory"]), 0.95)
+            shown = f"{best['qps']:.0f} ({best['params']}, recall {best['recall_at_10']:.3f})" if best else "-"
+            memory_lines.append(f"| {name} | {fact['factory']} | {fact['index_bytes'] / 2**20:.1f} | "
+                                f"{fact['preset']['rss_mb']:.1f} | {fact['deepest']['rss_mb']:.1f} | "
+                                f"{fact['deepest']['rss_mb'] / flat_mb:.2f} | {shown} |")
+        fitting = [(name, fact) for name, fact in memory.items() if name != "flat"
+                   and fact["deepest"]["rss_mb"] <= flat_mb / 4]
+        winners = [(name, best_at(rows, of_factory(fact["factory"]), 0.95)) for name, fact in fitting]
+        winners = [(name, row) for name, row in winners if row]
+        if winners:
+            name, row = max(winners, key=lambda pair: pair[1]["qps"])
+            resident = memory[name]["deepest"]["rss_mb"]
+            lines.append(f"- compressed: {name} ({row['recipe']}) {row['params']}: index-resident "
+                         f"{resident:.1f} MB = {resident / flat_mb:.2f} of Flat's {flat_mb:.1f} MB, recall@10 "
+                         f"{row['recall_at_10']:.3f}, {row['qps']:.0f} QPS (target: recall >= 0.95 at <= 1/4 of "
+                         "Flat's resident memory).")
+        else:
+            lines.append(f"- compressed: no recipe within 1/4 of Flat's index-resident {flat_mb:.1f} MB reached "
+                         "recall@10 >= 0.95 (table below).")
     plain = next((row for row in encoding if row["system"] == "sentence-transformers"), None)
     for row in encoding:
         if plain and row["system"] == "xmr" and row["texts_per_s"] == row["texts_per_s"]:
@@ -528,6 +638,7 @@ def write_report(args, rows: list[dict], facts: dict, versions: dict, encoding: 
         lines.append(f"| {row['system']} | {row['recipe']} | {row['params']} | {row['qps']:.0f} | "
                      f"{row['recall_at_10']:.3f} | {row['build_s']:.1f} | {row['rss_mb']:.0f} | "
                      f"{row['index_bytes'] / 2**20:.1f} | {row['p50_ms']:.2f} |")
+    lines += memory_lines
     lines += ["", "## All points", "", "| system | recipe | params | build s | index MB | RSS MB | recall@10 | QPS | "
               "p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
