@@ -1,19 +1,29 @@
-"""hnswlib and PECOS HNSW over label vectors: recall / QPS / latency sweep for xmr's ANN benchmark.
+"""ANN peers over label vectors: recall / QPS / latency curves of hnswlib, PECOS HNSW, usearch, Voyager, glass, NGT
+and ScaNN for xmr's index benchmark (scripts/bench_index.py), each along its own build x search grid.
 
-Runs in its own environment (.venv-peers: libpecos pins numpy<2; scripts/bench_index.py creates it with hnswlib
-0.8.0 and libpecos 1.2.8); exchanges data through files only:
+Runs in the peers' environment (.venv-peers, see scripts/peers/environment.py; libpecos pins numpy<2, ScaNN needs
+numpy>=2 and so has .venv-peers-scann); exchanges data through files only:
 
     .venv-peers/bin/python scripts/peers/ann.py --labels L.npy --queries Q.npy --truth T.npy --k 10 --threads 2 \
-        --systems hnswlib,pecos --out OUT.json [--hnswlib-M 16 32] [--ef 16 32 64 128 256 512] \
-        [--ef-construction 200] [--pecos-M 32]
+        --systems hnswlib,pecos,usearch,voyager,glass,ngt --M 16 32 64 --out OUT.json
 
 L.npy holds (n, d) float32 unit-norm label vectors, Q.npy (nq, d) float32 queries and T.npy (nq, k) int64 exact
-inner-product top-k label ids. Both systems search by inner product (distance 1 - <q, x>) over label ids 0..n-1.
-For each system and M it builds one index (build_s, index_bytes on disk, process RSS in MB before and after the
-build), then for each ef: batch search of all queries on --threads threads (qps, best of 2), recall@k against T,
-and single-query latency on one thread over the first 200 queries (p50_ms, p99_ms). Writes OUT.json atomically:
-{"versions": {distribution: version}, "rows": [{system, recipe, params, n, build_s, index_bytes, rss_mb,
-rss_base_mb, recall_at_<k>, qps, p50_ms, p99_ms}, ...]}.
+inner-product top-k label ids. Every system searches by inner product (or cosine, equal on unit vectors) over label
+ids 0..n-1. The grid of each system (``grid``): HNSW-like graphs (hnswlib, PECOS, usearch, Voyager, glass) build one
+index per ``--M`` (links per node, the meaning of FAISS's HNSW{M}) with ef_construction ``--ef-construction`` and
+sweep the search beam ``--ef``; usearch and Voyager also build with their compressed storage (usearch i8, Voyager
+E4M3) and glass searches each graph with fp32 vectors and with 8-bit SQ8U codes. PECOS (the slowest to build) and
+the compressed usearch / Voyager storage build at --pecos-M / --compressed-M only (default 32). NGT has no M: it
+builds ANNG graphs with --ngt-edges creation edges (default 10) and sweeps its search range (epsilon); ScaNN (tree +
+anisotropic 4-bit AH codes + exact reorder) builds --scann-leaves x sqrt(n) leaves and sweeps leaves searched x
+reorder depth.
+
+For each build: build_s, index_bytes on disk, process RSS in MB before and after the build; for each search setting:
+batch search of all queries on --threads threads (qps, best of 2), recall@k against T, and single-query latency on
+one thread over the first 200 queries (p50_ms, p99_ms). Writes OUT.json atomically (after each system, so a cut run
+keeps what it measured): {"versions": {distribution: version}, "rows": [{system, recipe, params, n, build_s,
+index_bytes, rss_mb, rss_base_mb, recall_at_<k>, qps, p50_ms, p99_ms}, ...], "failed": {system: why}} where a
+system's package is not installed.
 """
 
 from __future__ import annotations
@@ -21,13 +31,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
-from importlib.metadata import version
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 
@@ -35,66 +46,266 @@ LATENCY_QUERIES = 200
 BATCH_REPEATS = 2
 
 
-class Index(Protocol):
-    def search(self, queries: np.ndarray, ef: int, k: int, threads: int) -> np.ndarray:
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
+class Peer:
+    """One built index of a peer library; ``search`` takes one setting of the system's search grid."""
+
+    distribution = ""
+
+    @classmethod
+    def grid(cls, n: int, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """(build parameters, [search settings]) pairs: the system's own recall/QPS curve."""
+        for m in args.M:
+            yield {"M": m, "efC": args.ef_construction}, [{"ef": ef} for ef in args.ef]
+
+    def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
         """(len(queries), k) int64 label ids, nearest first."""
+        raise NotImplementedError
 
-    def index_bytes(self) -> int:
-        """Size of the saved index on disk."""
+    def save(self, folder: Path) -> None:
+        """Write the index into ``folder`` (for its size on disk)."""
+        raise NotImplementedError
 
 
-class HnswlibIndex:
+class HnswlibIndex(Peer):
     """hnswlib inner-product index whose item labels are the row ids of the label matrix."""
 
-    def __init__(self, labels: np.ndarray, m: int, ef_construction: int, threads: int) -> None:
+    distribution = "hnswlib"
+
+    def __init__(self, labels: np.ndarray, build: dict[str, Any], threads: int) -> None:
         import hnswlib
 
         self.index = hnswlib.Index(space="ip", dim=labels.shape[1])
-        self.index.init_index(max_elements=len(labels), M=m, ef_construction=ef_construction)
+        self.index.init_index(max_elements=len(labels), M=build["M"], ef_construction=build["efC"])
         self.index.add_items(labels, np.arange(len(labels)), num_threads=threads)
 
-    def search(self, queries: np.ndarray, ef: int, k: int, threads: int) -> np.ndarray:
-        self.index.set_ef(ef)
+    def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
+        self.index.set_ef(max(setting["ef"], k))
         ids, _ = self.index.knn_query(queries, k=k, num_threads=threads)
         return ids.astype(np.int64)
 
-    def index_bytes(self) -> int:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "index.bin"
-            self.index.save_index(str(path))
-            return path.stat().st_size
+    def save(self, folder: Path) -> None:
+        self.index.save_index(str(folder / "index.bin"))
 
 
-class PecosIndex:
+class PecosIndex(Peer):
     """PECOS HNSW inner-product index over the dense label matrix; node ids are its row ids."""
 
-    def __init__(self, labels: np.ndarray, m: int, ef_construction: int, threads: int) -> None:
+    distribution = "libpecos"
+
+    @classmethod
+    def grid(cls, n: int, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        for build, search in super().grid(n, args):
+            if build["M"] in args.pecos_M:
+                yield build, search
+
+    def __init__(self, labels: np.ndarray, build: dict[str, Any], threads: int) -> None:
         from pecos.ann.hnsw import HNSW
 
         self.pred_params = HNSW.PredParams
-        params = HNSW.TrainParams(M=m, efC=ef_construction, metric_type="ip", threads=threads)
+        params = HNSW.TrainParams(M=build["M"], efC=build["efC"], metric_type="ip", threads=threads)
         self.model = HNSW.train(labels, train_params=params)
-        self.searchers: dict[int, HNSW.Searchers] = {}
+        self.searchers: dict[int, Any] = {}
 
-    def search(self, queries: np.ndarray, ef: int, k: int, threads: int) -> np.ndarray:
+    def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
         # One pre-allocated searcher per thread, created on first use per thread count; predict then runs on
         # len(searchers) threads and returns (ids uint32, 1 - ip float32), each (len(queries), k), nearest first.
         if threads not in self.searchers:
             self.searchers[threads] = self.model.searchers_create(num_searcher=threads)
-        params = self.pred_params(efS=ef, topk=k, threads=threads)
+        params = self.pred_params(efS=max(setting["ef"], k), topk=k, threads=threads)
         ids, _ = self.model.predict(queries, pred_params=params, searchers=self.searchers[threads], ret_csr=False)
         return ids.astype(np.int64)
 
-    def index_bytes(self) -> int:
-        with tempfile.TemporaryDirectory() as folder:
-            self.model.save(folder)
-            return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+    def save(self, folder: Path) -> None:
+        self.model.save(str(folder / "pecos"))
 
 
-SYSTEMS: dict[str, tuple[str, Callable[..., Index]]] = {
-    "hnswlib": ("hnswlib", HnswlibIndex),
-    "pecos": ("libpecos", PecosIndex),
-}
+class UsearchIndex(Peer):
+    """usearch HNSW (cosine = inner product on unit vectors) with f32 or i8-quantised vector storage."""
+
+    distribution = "usearch"
+
+    @classmethod
+    def grid(cls, n: int, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        for dtype in args.usearch_dtypes:
+            for build, search in super().grid(n, args):
+                if dtype == "f32" or build["M"] in args.compressed_M:
+                    yield {**build, "dtype": dtype}, search
+
+    def __init__(self, labels: np.ndarray, build: dict[str, Any], threads: int) -> None:
+        from usearch.index import Index
+
+        self.index = Index(ndim=labels.shape[1], metric="cos", dtype=build["dtype"], connectivity=build["M"],
+                           expansion_add=build["efC"])
+        self.index.add(np.arange(len(labels)), labels, threads=threads)
+
+    def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
+        self.index.expansion_search = max(setting["ef"], k)
+        matches = self.index.search(queries, k, threads=threads)
+        return np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), k)
+
+    def save(self, folder: Path) -> None:
+        self.index.save(str(folder / "index.usearch"))
+
+
+class VoyagerIndex(Peer):
+    """Spotify Voyager HNSW, inner product, with float32 or 8-bit float (E4M3) vector storage."""
+
+    distribution = "voyager"
+
+    @classmethod
+    def grid(cls, n: int, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        for storage in args.voyager_storage:
+            for build, search in super().grid(n, args):
+                if storage == "Float32" or build["M"] in args.compressed_M:
+                    yield {**build, "storage": storage}, search
+
+    def __init__(self, labels: np.ndarray, build: dict[str, Any], threads: int) -> None:
+        import voyager
+
+        self.index = voyager.Index(voyager.Space.InnerProduct, num_dimensions=labels.shape[1], M=build["M"],
+                                   ef_construction=build["efC"], max_elements=len(labels),
+                                   storage_data_type=getattr(voyager.StorageDataType, build["storage"]))
+        self.index.add_items(labels, np.arange(len(labels)), num_threads=threads)
+
+    def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
+        ids, _ = self.index.query(queries, k=k, num_threads=threads, query_ef=max(setting["ef"], k))
+        return np.asarray(ids, dtype=np.int64).reshape(len(queries), k)
+
+    def save(self, folder: Path) -> None:
+        self.index.save(str(folder / "index.voy"))
+
+
+class GlassIndex(Peer):
+    """glass (zilliztech; PyPI ``pyglass-portable``, imported as ``glass``: ``glassppy`` has no installable file
+    here) HNSW graph with R = M links, searched with fp32 vectors or with SQ8U (8-bit) codes, each searcher tuned by
+    ``Searcher.optimize`` (prefetch depth). A ``Searcher`` takes its graph over (a second searcher of the same graph
+    object answers id 0 for everything in glass 2.1.0), so each searcher opens its own copy of the saved graph."""
+
+    distribution = "pyglass-portable"
+
+    @classmethod
+    def grid(cls, n: int, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        for build, search in super().grid(n, args):
+            yield build, [{**setting, "quant": quant} for quant in args.glass_quant for setting in search]
+
+    def __init__(self, labels: np.ndarray, build: dict[str, Any], threads: int) -> None:
+        import glass
+
+        self.glass, self.labels, self.threads = glass, labels, threads
+        self.folder = tempfile.TemporaryDirectory()
+        self.path = str(Path(self.folder.name) / "graph.glass")
+        glass.Index("HNSW", "IP", R=build["M"], L=build["efC"]).build(labels).save(self.path)
+        self.searchers: dict[str, Any] = {}
+
+    def searcher(self, quant: str) -> Any:
+        if quant not in self.searchers:
+            searcher = self.glass.Searcher(self.glass.Graph(self.path), self.labels, "IP", quant)
+            searcher.optimize(self.threads)
+            self.searchers = {quant: searcher}  # one quantiser resident at a time
+        return self.searchers[quant]
+
+    def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
+        searcher = self.searcher(setting["quant"])
+        searcher.set_ef(max(setting["ef"], k))
+        if len(queries) == 1:
+            return np.asarray(searcher.search(queries[0], k)[0], dtype=np.int64).reshape(1, k)
+        return np.asarray(searcher.batch_search(queries, k, threads)[0], dtype=np.int64).reshape(len(queries), k)
+
+    def save(self, folder: Path) -> None:
+        (folder / "graph.glass").write_bytes(Path(self.path).read_bytes())
+
+
+class NgtIndex(Peer):
+    """NGT ANNG graph (inner product); search range grows with epsilon."""
+
+    distribution = "ngt"
+
+    @classmethod
+    def grid(cls, n: int, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        for edges in args.ngt_edges:
+            yield {"edges": edges}, [{"epsilon": epsilon} for epsilon in args.ngt_epsilon]
+
+    def __init__(self, labels: np.ndarray, build: dict[str, Any], threads: int) -> None:
+        import ngtpy
+
+        self.folder = tempfile.TemporaryDirectory()
+        path = str(Path(self.folder.name) / "ngt")
+        ngtpy.create(path, labels.shape[1], edge_size_for_creation=build["edges"], distance_type="Inner Product",
+                     object_type="Float")
+        self.index = ngtpy.Index(path)
+        self.index.batch_insert(labels, num_threads=threads)
+        self.index.save()
+
+    def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
+        # ngtpy numbers the rows of batch_insert from 0, as the label matrix
+        if len(queries) == 1:
+            found = self.index.search(queries[0], size=k, epsilon=setting["epsilon"], with_distance=False)
+            return np.asarray(found, dtype=np.int64).reshape(1, -1)[:, :k]
+        import ngtpy
+
+        self.index.set(epsilon=setting["epsilon"])
+        results = ngtpy.BatchResults()
+        self.index.batch_search(queries, results, k, False)  # OpenMP threads: OMP_NUM_THREADS, set by main()
+        starts, ids = results.get_index(), np.asarray(results.get_indexed_ids(), dtype=np.int64)
+        found = np.full((len(queries), k), -1, dtype=np.int64)  # -1 where a query found fewer than k
+        for row in range(len(queries)):
+            chunk = ids[starts[row]:starts[row + 1]][:k]
+            found[row, :len(chunk)] = chunk
+        return found
+
+    def save(self, folder: Path) -> None:
+        self.index.save()
+        for path in Path(self.folder.name).rglob("*"):
+            if path.is_file():
+                (folder / path.name).write_bytes(path.read_bytes())
+
+
+class ScannIndex(Peer):
+    """ScaNN: k-means tree partitioning, anisotropic 4-bit asymmetric-hashing codes, exact reorder of the top ones."""
+
+    distribution = "scann"
+
+    @classmethod
+    def grid(cls, n: int, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        for scale in args.scann_leaves:
+            leaves = max(1, round(scale * math.sqrt(n)))
+            search = [{"leaves": probe, "reorder": reorder} for reorder in args.scann_reorder
+                      for probe in sorted({max(1, round(leaves * share)) for share in args.scann_share})]
+            yield {"leaves": leaves}, search
+
+    def __init__(self, labels: np.ndarray, build: dict[str, Any], threads: int) -> None:
+        import scann
+
+        builder = scann.scann_ops_pybind.builder(labels, 10, "dot_product").tree(
+            num_leaves=build["leaves"], num_leaves_to_search=max(1, build["leaves"] // 10),
+            training_sample_size=min(len(labels), 250_000))
+        self.searcher = builder.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(200).set_n_training_threads(
+            threads).build()
+        self.threads = 0
+
+    def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
+        if len(queries) == 1:
+            ids, _ = self.searcher.search(queries[0], final_num_neighbors=k, leaves_to_search=setting["leaves"],
+                                          pre_reorder_num_neighbors=setting["reorder"])
+            return np.asarray(ids, dtype=np.int64).reshape(1, k)
+        if threads != self.threads:
+            self.searcher.set_num_threads(threads)
+            self.threads = threads
+        ids, _ = self.searcher.search_batched_parallel(queries, final_num_neighbors=k,
+                                                       leaves_to_search=setting["leaves"],
+                                                       pre_reorder_num_neighbors=setting["reorder"])
+        return np.asarray(ids, dtype=np.int64).reshape(len(queries), k)
+
+    def save(self, folder: Path) -> None:
+        self.searcher.serialize(str(folder))
+
+
+SYSTEMS: dict[str, type[Peer]] = {"hnswlib": HnswlibIndex, "pecos": PecosIndex, "usearch": UsearchIndex,
+                                  "voyager": VoyagerIndex, "glass": GlassIndex, "ngt": NgtIndex, "scann": ScannIndex}
 
 
 def rss_mb() -> float:
@@ -132,61 +343,56 @@ def load_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found ∩ truth| / k."""
+    """Mean over queries of |found ∩ truth| / k (ids outside the catalogue, e.g. -1 for a short list, never match)."""
     hits = sum(len(np.intersect1d(row, true_row)) for row, true_row in zip(found, truth, strict=True))
     return hits / truth.size
 
 
-def batch_search(index: Index, queries: np.ndarray, ef: int, k: int, threads: int) -> tuple[np.ndarray, float]:
+def batch_search(index: Peer, queries: np.ndarray, setting: dict, k: int, threads: int) -> tuple[np.ndarray, float]:
     """Ids of all queries in one call and the best queries-per-second over BATCH_REPEATS calls."""
     best = float("inf")
     for _ in range(BATCH_REPEATS):
         started = time.perf_counter()
-        ids = index.search(queries, ef, k, threads)
+        ids = index.search(queries, setting, k, threads)
         best = min(best, time.perf_counter() - started)
     return ids, len(queries) / best
 
 
-def latency_ms(index: Index, queries: np.ndarray, ef: int, k: int) -> tuple[float, float]:
+def latency_ms(index: Peer, queries: np.ndarray, setting: dict, k: int) -> tuple[float, float]:
     """p50 and p99 milliseconds of one-query searches on one thread over the first LATENCY_QUERIES queries."""
-    index.search(queries[:1], ef, k, 1)  # untimed warm-up
+    index.search(queries[:1], setting, k, 1)  # untimed warm-up
     times = []
     for row in range(min(LATENCY_QUERIES, len(queries))):
         started = time.perf_counter()
-        index.search(queries[row : row + 1], ef, k, 1)
+        index.search(queries[row : row + 1], setting, k, 1)
         times.append((time.perf_counter() - started) * 1000)
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def benchmark_recipe(
-    system: str, m: int, labels: np.ndarray, queries: np.ndarray, truth: np.ndarray, args: argparse.Namespace
-) -> list[dict]:
-    """Build one index of `system` with M=m and sweep ef over it; the index is freed on return."""
+def describe(values: dict[str, Any]) -> str:
+    return " ".join(f"{key}={value}" for key, value in values.items())
+
+
+def benchmark_build(system: str, build: dict, settings: list[dict], labels: np.ndarray, queries: np.ndarray,
+                    truth: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    """Build one index of ``system`` and run every search setting over it; the index is freed on return."""
     gc.collect()
     base = rss_mb()
     started = time.perf_counter()
-    index = SYSTEMS[system][1](labels, m, args.ef_construction, args.threads)
-    build = {
-        "system": system,
-        "recipe": f"HNSW M{m} efC{args.ef_construction}",
-        "n": len(labels),
-        "build_s": time.perf_counter() - started,
-        "rss_mb": rss_mb(),
-        "rss_base_mb": base,
-        "index_bytes": index.index_bytes(),
-    }
+    index = SYSTEMS[system](labels, build, args.threads)
+    build_s = time.perf_counter() - started
+    resident = rss_mb()
+    with tempfile.TemporaryDirectory() as folder:
+        index.save(Path(folder))
+        size = folder_bytes(Path(folder))
+    head = {"system": system, "recipe": describe(build), "n": len(labels), "build_s": build_s, "rss_mb": resident,
+            "rss_base_mb": base, "index_bytes": size}
     rows = []
-    for ef in args.ef:
-        ids, qps = batch_search(index, queries, ef, args.k, args.threads)
-        p50, p99 = latency_ms(index, queries, ef, args.k)
-        row = {
-            **build,
-            "params": f"ef={ef}",
-            f"recall_at_{args.k}": recall(ids, truth),
-            "qps": qps,
-            "p50_ms": p50,
-            "p99_ms": p99,
-        }
+    for setting in settings:
+        ids, qps = batch_search(index, queries, setting, args.k, args.threads)
+        p50, p99 = latency_ms(index, queries, setting, args.k)
+        row = {**head, "params": describe(setting), f"recall_at_{args.k}": recall(ids, truth), "qps": qps,
+               "p50_ms": p50, "p99_ms": p99}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -199,7 +405,7 @@ def write_atomic(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", required=True)
     parser.add_argument("--queries", required=True)
@@ -208,11 +414,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--systems", default="hnswlib,pecos")
-    parser.add_argument("--hnswlib-M", type=int, nargs="+", default=[16, 32])
-    parser.add_argument("--pecos-M", type=int, nargs="+", default=[32])
+    parser.add_argument("--M", type=int, nargs="+", default=[16, 32, 64], help="links per node of the HNSW graphs")
     parser.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
     parser.add_argument("--ef-construction", type=int, default=200)
-    args = parser.parse_args()
+    parser.add_argument("--pecos-M", type=int, nargs="+", default=[32], help="PECOS builds (the slowest) at these M")
+    parser.add_argument("--compressed-M", type=int, nargs="+", default=[32],
+                        help="M of the usearch i8 and Voyager E4M3 builds (f32 / Float32 build at every --M)")
+    parser.add_argument("--usearch-dtypes", nargs="+", default=["f32", "i8"])
+    parser.add_argument("--voyager-storage", nargs="+", default=["Float32", "E4M3"])
+    parser.add_argument("--glass-quant", nargs="+", default=["FP32", "SQ8U"])
+    parser.add_argument("--ngt-edges", type=int, nargs="+", default=[10])
+    parser.add_argument("--ngt-epsilon", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1, 0.2])
+    parser.add_argument("--scann-leaves", type=float, nargs="+", default=[2.0],
+                        help="leaf counts as multiples of sqrt(n)")
+    parser.add_argument("--scann-share", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.35],
+                        help="leaves searched, as shares of the leaf count")
+    parser.add_argument("--scann-reorder", type=int, nargs="+", default=[50, 100, 200])
+    args = parser.parse_args(argv)
     args.systems = args.systems.split(",")
     unknown = set(args.systems) - set(SYSTEMS)
     if unknown:
@@ -222,16 +440,20 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # NGT's batch search and ScaNN's build read it
     labels, queries, truth = load_inputs(args)
-    ms = {"hnswlib": args.hnswlib_M, "pecos": args.pecos_M}
-    rows = [
-        row
-        for system in args.systems
-        for m in ms[system]
-        for row in benchmark_recipe(system, m, labels, queries, truth, args)
-    ]
-    versions = {SYSTEMS[system][0]: version(SYSTEMS[system][0]) for system in args.systems}
-    write_atomic(Path(args.out), {"versions": versions, "rows": rows})
+    rows, versions, failed = [], {}, {}
+    for system in args.systems:
+        distribution = SYSTEMS[system].distribution
+        try:
+            versions[distribution] = version(distribution)
+        except PackageNotFoundError:
+            failed[system] = f"{distribution} is not installed in this environment"
+            continue
+        for build, settings in SYSTEMS[system].grid(len(labels), args):
+            rows += benchmark_build(system, build, settings, labels, queries, truth, args)
+        write_atomic(Path(args.out), {"versions": versions, "rows": rows, "failed": failed})  # partial results
+    write_atomic(Path(args.out), {"versions": versions, "rows": rows, "failed": failed})
 
 
 if __name__ == "__main__":

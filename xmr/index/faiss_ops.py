@@ -1,7 +1,9 @@
 """Thin helpers around a raw FAISS index: create from a factory string, train, add with ids, tune, search, remove.
 
 Every index xmr builds stores explicit int64 ids (IVF natively, anything else inside ``IndexIDMap2``), so label
-ids stay stable when labels are added or removed.
+ids stay stable when labels are added or removed. A factory ending in ``,RFlat`` or ``,Refine(...)`` (FAISS
+``IndexRefine``: compressed candidates re-scored in C++ from a second, finer copy of the vectors) has the knob
+``k_factor_rf``: the candidates re-scored per result.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ def create(dim: int, factory: str, metric: str) -> faiss.Index:
         index = faiss.index_factory(dim, factory, METRICS[metric])
     except RuntimeError as error:
         raise XMRError(f"invalid FAISS factory string {factory!r}: {_faiss_message(error)}") from None
-    if faiss.try_extract_index_ivf(index) is not None or isinstance(index, faiss.IndexIDMap):
-        return index
+    if isinstance(index, faiss.IndexIDMap) or (
+            faiss.try_extract_index_ivf(index) is not None and not isinstance(index, faiss.IndexRefine)):
+        return index  # IVF keeps ids itself; IndexRefine addresses its refine copy by position, so it gets a map
     return faiss.IndexIDMap2(index)
 
 
@@ -120,6 +123,8 @@ def search_parameters(index: faiss.Index) -> dict[str, int]:
     for layer in _layers(index):
         if hasattr(layer, "hnsw"):
             knobs["efSearch"] = int(layer.hnsw.efSearch)
+        if isinstance(layer, faiss.IndexRefine):
+            knobs["k_factor_rf"] = int(layer.k_factor)
     return knobs
 
 
@@ -159,18 +164,27 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict[str, in
 
 
 def _per_call_parameters(index: faiss.Index, params: dict[str, int]) -> faiss.SearchParameters | None:
-    """``SearchParametersIVF(nprobe)`` or ``SearchParametersHNSW(efSearch)`` for a plain IVF or HNSW index."""
+    """``SearchParametersIVF(nprobe)`` or ``SearchParametersHNSW(efSearch)`` for a plain IVF or HNSW index, inside
+    ``IndexRefineSearchParameters(k_factor)`` when the index refines (the unset knobs keep the index's values)."""
     known = search_parameters(index)
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise XMRError(f"search parameter(s) {unknown} do not apply to {describe(index)}; it has {sorted(known)}")
     if any(int(value) < 1 for value in params.values()):
         raise XMRError(f"search parameters must be >= 1, got {params}")
-    if set(params) == {"nprobe"} and set(known) == {"nprobe"}:
-        return faiss.SearchParametersIVF(nprobe=int(params["nprobe"]))
-    if set(params) == {"efSearch"} and set(known) == {"efSearch"}:
-        return faiss.SearchParametersHNSW(efSearch=int(params["efSearch"]))
-    return None
+    values = known | {name: int(value) for name, value in params.items()}
+    base = set(known) - {"k_factor_rf"}
+    if base == {"nprobe"}:
+        inner = faiss.SearchParametersIVF(nprobe=values["nprobe"])
+    elif base == {"efSearch"}:
+        inner = faiss.SearchParametersHNSW(efSearch=values["efSearch"])
+    else:
+        return None
+    if "k_factor_rf" not in known:
+        return inner
+    outer = faiss.IndexRefineSearchParameters(k_factor=float(values["k_factor_rf"]), base_index_params=inner)
+    outer.referenced_inner = inner  # SWIG keeps a raw pointer: hold the inner parameters as long as the outer
+    return outer
 
 
 def _faiss_message(error: RuntimeError) -> str:
