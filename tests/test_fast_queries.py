@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import label_records
 
 import xmr
 from xmr.cli import main
@@ -12,8 +13,6 @@ from xmr.encoders.static import StaticEmbeddingEncoder, write_static_files
 from xmr.errors import EncoderError, IndexFolderError, XMRError
 from xmr.index import build_index, load_index
 from xmr.index.fast_queries import FILES, SECTION
-
-from conftest import label_records
 
 QUERIES = ["python sql data", "forklift driving warehouse", "kitchen food repair"]
 
@@ -107,7 +106,8 @@ def test_static_encoder_refuses_a_table_that_does_not_fit_its_tokenizer(tiny_enc
 
 
 def test_cli_fast_queries_distils_fits_and_queries(index, tiny_encoder, tmp_path, capsys):
-    pytest.importorskip("model2vec.distill", reason="model2vec's distill extra (xmr[fast]) is not installed")
+    pytest.importorskip("model2vec.distill", reason="model2vec's distill extra (xmr[fast]) is not installed",
+                        exc_type=ImportError)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(record) + "\n" for record in label_records(300, seed=5)))
     assert main(["query", str(index.path), "--fast-queries", "python"]) == 2
