@@ -153,12 +153,26 @@ def static_with_length(encoder, length: int | None):
     return encode
 
 
-def run_dataset(name: str, folder: Path, test: Path, train: Path | None, group_by: str | None,
-                args: argparse.Namespace, scratch: Path) -> list[dict]:
+def wait_for_fast_queries(index, folder: Path | None, wait_s: float):
+    """The fast query encoder of ``folder`` (once it exists: ``xmr fast-queries`` may still be writing it), or the
+    index's own; attached to ``index``, which refuses one not distilled from its encoder."""
+    if folder is None:
+        return index.fast_query_encoder
+    deadline = time.monotonic() + wait_s
+    while not (folder / "manifest.json").is_file():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{folder}: no index folder after {wait_s:.0f} s")
+        time.sleep(10)
+    fast = load_index(folder).fast_query_encoder
+    index.attach_fast_queries(fast)
+    return fast
+
+
+def run_dataset(name: str, folder: Path, fast_folder: Path | None, test: Path, train: Path | None,
+                group_by: str | None, args: argparse.Namespace, scratch: Path) -> list[dict]:
     lengths, threads, sample = args.lengths, args.threads, args.timing_sample
     index = load_index(folder)
     teacher = index.encoder
-    fast = index.fast_query_encoder
     instances = read_instances(test)
     if args.queries and args.queries < len(instances):  # a seeded sample of the test split, the same for all rows
         rows_kept = np.sort(np.random.default_rng(0).choice(len(instances), args.queries, replace=False))
@@ -218,6 +232,7 @@ def run_dataset(name: str, folder: Path, test: Path, train: Path | None, group_b
               flush=True)
         score("static, model2vec distill only", "static (model2vec)", plain.max_length,
               static_with_length(plain, None))
+    fast = wait_for_fast_queries(index, fast_folder, args.wait)
     recipe = fast.distillation or {}
     score(f"static, fast queries (fitted on {recipe.get('corpus', '?')} texts)", "static (model2vec, fitted)",
           fast.max_length, static_with_length(fast, None))
@@ -281,6 +296,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reuters", type=Path, help="Reuters index folder with fast queries")
     parser.add_argument("--esco", type=Path, help="ESCO index folder with fast queries")
+    parser.add_argument("--reuters-fast", type=Path, help="take Reuters' fast queries from this folder (default: the "
+                        "index's own); waits up to --wait seconds for it to appear")
+    parser.add_argument("--esco-fast", type=Path, help="the same for ESCO")
+    parser.add_argument("--wait", type=float, default=3600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lengths", type=int, nargs="*", default=[64, 32], help="shorter max lengths to try")
     parser.add_argument("--timing-sample", type=int, default=300, help="queries timed for the batching rows")
@@ -295,11 +314,12 @@ def main() -> None:
     command = "python scripts/bench_fast_queries.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="xmr-bench-fast-") as scratch:
         if args.reuters:
-            rows = run_dataset("reuters", args.reuters, REUTERS / "test.jsonl", REUTERS / "train.jsonl", None, args,
-                               Path(scratch))
+            rows = run_dataset("reuters", args.reuters, args.reuters_fast, REUTERS / "test.jsonl",
+                               REUTERS / "train.jsonl", None, args, Path(scratch))
             write_dataset(rows, args.out, "reuters", args, command)
         if args.esco:
-            rows = run_dataset("esco", args.esco, ESCO / "test.jsonl", None, "subset", args, Path(scratch))
+            rows = run_dataset("esco", args.esco, args.esco_fast, ESCO / "test.jsonl", None, "subset", args,
+                               Path(scratch))
             write_dataset(rows, args.out, "esco", args, command)
     print(f"wrote {args.out}/results.csv, report.md")
 
