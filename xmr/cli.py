@@ -38,6 +38,8 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
                                                    "stored vectors)")
     parser.add_argument("--mmap", action="store_true", help="memory-map the index (fast open, shared pages)")
     parser.add_argument("--search-device", help="search on a GPU, e.g. cuda (faiss-gpu, or exact torch search)")
+    parser.add_argument("--fast-queries", action="store_true",
+                        help="encode queries with the index's static query encoder (made by xmr fast-queries)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow an encoder whose config sets trust_remote_code to run its model folder's Python "
                              "code, for this run only (an index folder cannot allow it by itself)")
@@ -52,6 +54,10 @@ def _open_predictor(args: argparse.Namespace, verify: bool = True) -> Any:
         if not hasattr(predictor, "to_device"):
             raise XMRError(f"--search-device: a {predictor.kind} predictor does not search on a device")
         predictor.to_device(args.search_device)
+    if args.fast_queries:
+        if not hasattr(predictor, "use_fast_queries"):
+            raise XMRError(f"--fast-queries: a {predictor.kind} predictor has no fast query encoder")
+        predictor.use_fast_queries()
     return predictor
 
 
@@ -222,6 +228,28 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(render_report(result, Path(args.out).name if args.out else Path(args.index).name).split("\n## P@")[0])
 
 
+def cmd_fast_queries(args: argparse.Namespace) -> None:
+    """Distil the index's encoder into static embeddings (fitted on --corpus) and store them in the index."""
+    import tempfile
+    import time
+
+    from xmr.encoders.distill import distill_static
+    from xmr.index import load_index
+    from xmr.io.readers import corpus_texts
+
+    index = load_index(args.index, trust_remote_code=args.trust_remote_code)
+    texts = [text for path in args.corpus or () for text in corpus_texts(Path(path), args.text_field)]
+    texts = texts[:args.corpus_limit] if args.corpus_limit else texts
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=".xmr-fast-queries-") as folder:
+        encoder = distill_static(index.encoder, folder, texts, max_epochs=args.max_epochs)
+        index.attach_fast_queries(encoder)
+        index.save(args.out or args.index)
+    print(f"fast queries for {args.out or args.index}: static {encoder.dim}-d embeddings of "
+          f"{len(encoder.model.tokens)} tokens distilled from {index.encoder.type_name}, fitted on {len(texts)} "
+          f"corpus texts, in {time.perf_counter() - started:.0f} s; query with --fast-queries")
+
+
 def _override(text: str) -> tuple[str, Any]:
     """``field.path=value`` with the value read as YAML (numbers, booleans, lists)."""
     import yaml
@@ -339,6 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--compare", nargs="+", metavar="RUN", help="print run folders side by side")
     _add_query_options(evaluation)
     evaluation.set_defaults(run=cmd_eval)
+
+    fast = commands.add_parser("fast-queries", help="distil the index's encoder into a static query encoder "
+                               "stored in the index (xmr query/eval --fast-queries)")
+    fast.add_argument("index", help="index folder built with a sentence-transformers encoder")
+    fast.add_argument("--corpus", nargs="+", metavar="FILE",
+                      help="query-like texts to fit to the encoder's vectors (JSONL/CSV/Parquet records with a "
+                           "text field, or one text per line), e.g. the training queries")
+    fast.add_argument("--text-field", default="text", help="record field holding the text (default: text)")
+    fast.add_argument("--corpus-limit", type=int, help="fit on the first N corpus texts only (the encoder's vectors "
+                      "of the corpus are the cost)")
+    fast.add_argument("--max-epochs", type=int, default=30, help="fitting epochs at most (early stopping)")
+    fast.add_argument("--out", help="write the index with fast queries here instead of in place")
+    fast.add_argument("--trust-remote-code", action="store_true", help="as for xmr query")
+    fast.set_defaults(run=cmd_fast_queries)
 
     training = commands.add_parser("train", help="fine-tune an encoder from a recipe (training/*.yaml) into runs/NAME")
     training.add_argument("recipe", nargs="?", help="YAML recipe")

@@ -26,6 +26,7 @@ from xmr.errors import EncoderError
 LAZY_TYPES = {
     "decoder-llm": ("xmr.encoders.decoder", "DecoderEncoder"),
     "fused": ("xmr.encoders.fusion", "FusedEncoder"),
+    "static-embeddings": ("xmr.encoders.static", "StaticEmbeddingEncoder"),
 }
 
 __all__ = [

@@ -28,7 +28,8 @@ Item = str | Mapping[str, Any]
 
 ENCODER_TYPES: dict[str, type[Encoder]] = {}
 ENCODER_FILE = "xmr_encoder.json"  # the config inside an encoder folder (trained or saved encoders)
-FOLDER_PATH_KEYS = ("model", "adapter", "projection_file", "text")  # config paths that are relative to that folder
+# config paths that are relative to that folder
+FOLDER_PATH_KEYS = ("model", "adapter", "projection_file", "text", "vectors", "tokenizer")
 SIDES = ("query", "label")
 
 

@@ -28,11 +28,15 @@ from xmr.catalogue import LabelCatalogue, LabelId
 from xmr.encoders import Encoder, load_encoder
 from xmr.errors import CatalogueError, IndexFolderError, UnsupportedOperation, XMRError
 from xmr.index import faiss_ops
+from xmr.index.fast_queries import FILES as FAST_FILES
+from xmr.index.fast_queries import SECTION as FAST_SECTION
+from xmr.index.fast_queries import check_fast_encoder, open_fast_encoder
+from xmr.index.fast_queries import section as fast_section
 from xmr.index.folder import read_manifest, refuse_foreign, verify_files, write_index_folder
 from xmr.index.recipes import IndexRecipe, auto_recipe, load_recipe, parse_memory
 from xmr.index.stages import CandidateStage, RerankStage, stage_class, stage_for
 from xmr.io.atomic import recover
-from xmr.predictor import EncodedPredictor
+from xmr.predictor import EncodedPredictor, as_items
 from xmr.representations import REPRESENTATIONS, DenseVectors, Representation, as_representation
 from xmr.search import SearchResult
 
@@ -65,6 +69,8 @@ class LabelIndex(EncodedPredictor):
         self.read_only = read_only  # opened memory-mapped: stage data is not writable
         self.trust_remote_code = trust_remote_code  # the caller's permission for this process, never the folder's
         self.device_search: Any = None  # the candidate stage placed on a GPU, see to_device()
+        self._fast_encoder: Encoder | None = None  # the static query encoder (xmr.index.fast_queries), if any
+        self.fast_queries = False  # queries go through it (use_fast_queries)
 
     # ---- properties ---------------------------------------------------------------------------------------
     @property
@@ -100,6 +106,32 @@ class LabelIndex(EncodedPredictor):
             check_encoder(encoder, self.manifest, self.path)
             self._encoder = encoder
         return self._encoder
+
+    @property
+    def fast_query_encoder(self) -> Encoder:
+        """The static query encoder stored in the folder (or attached), loaded on first use."""
+        if self._fast_encoder is None:
+            if self.path is None:
+                raise XMRError("this index has no fast query encoder; attach one with attach_fast_queries")
+            self._fast_encoder = open_fast_encoder(self.path, self.manifest)
+        return self._fast_encoder
+
+    def attach_fast_queries(self, encoder: Encoder) -> None:
+        """Store ``encoder`` (distilled from this index's encoder) as the fast query path; ``save()`` writes it."""
+        check_fast_encoder(encoder, self.manifest, self.path or "this index")
+        self._fast_encoder = encoder
+        self.manifest[FAST_SECTION] = fast_section(encoder)
+
+    def use_fast_queries(self, enabled: bool = True) -> LabelIndex:
+        """Encode queries with the fast query encoder (refused if the folder has none or it does not match)."""
+        if enabled:
+            self.fast_query_encoder  # noqa: B018 -- load and check it now, not at the first query
+        self.fast_queries = enabled
+        return self
+
+    def encode_queries(self, items: Sequence[Any] | Any) -> Representation:
+        encoder = self.fast_query_encoder if self.fast_queries else self.encoder
+        return encoder.encode(as_items(items), "query")
 
     # ---- search -------------------------------------------------------------------------------------------
     def predict_encoded(self, queries: Representation | np.ndarray, k: int = 10, **knobs: int) -> SearchResult:
@@ -240,6 +272,8 @@ class LabelIndex(EncodedPredictor):
             pq.write_table(table, folder / LABELS_FILE)
             for stage in [self.candidates, *self.rerankers]:
                 stage.write(folder)
+            if FAST_SECTION in self.manifest:
+                self.fast_query_encoder.write_files(folder, FAST_FILES["vectors"], FAST_FILES["tokenizer"])
             body = {key: value for key, value in self.manifest.items()
                     if key not in ("format", "format_version", "written_at", "files")}
             body["xmr_version"] = __version__
@@ -255,9 +289,12 @@ class LabelIndex(EncodedPredictor):
         rerank = " + ".join(f"{stage.type_name} {stage.knob} {stage.depth}" for stage in self.rerankers)
         factory = getattr(self.candidates, "factory", "")
         structure = f"{self.candidates.type_name} {factory}".strip() + (f" + {rerank}" if rerank else "")
-        return {"kind": self.kind, "path": str(self.path) if self.path else None, "encoder": self.manifest["encoder"],
-                "representation": self.representation, "structure": structure, "params": self.knobs(),
-                "labels": len(self)}
+        described = {"kind": self.kind, "path": str(self.path) if self.path else None,
+                     "encoder": self.manifest["encoder"], "representation": self.representation,
+                     "structure": structure, "params": self.knobs(), "labels": len(self)}
+        if self.fast_queries:
+            described["query_encoder"] = self.manifest[FAST_SECTION]["encoder"]
+        return described
 
     def info(self) -> dict[str, Any]:
         """What ``xmr info`` prints: the manifest plus live counts and each stage's structure and knobs."""
@@ -282,14 +319,19 @@ def asks_for_remote_code(config: Any) -> bool:
     return False
 
 
-def check_encoder(encoder: Encoder, manifest: Mapping[str, Any], where: Path | str | None) -> None:
-    """Refuse an encoder whose output would not match the index (representation, size, metric, model, prompts)."""
+def check_representation(encoder: Encoder, manifest: Mapping[str, Any], where: Path | str | None) -> None:
+    """Refuse an encoder whose representation differs from the index's (kind, size, metric)."""
     stored_spec = manifest["representation"]
     given_spec = encoder.representation_spec()
     for key in ("kind", "dim", "bits", "metric"):
         if key in stored_spec and stored_spec.get(key) != given_spec.get(key):
             raise IndexFolderError(f"{where}: index holds {key} {stored_spec[key]!r}, the encoder gives "
                                    f"{given_spec.get(key)!r}")
+
+
+def check_encoder(encoder: Encoder, manifest: Mapping[str, Any], where: Path | str | None) -> None:
+    """Refuse an encoder whose output would not match the index (representation, size, metric, model, prompts)."""
+    check_representation(encoder, manifest, where)
     stored = {key: value for key, value in manifest["encoder"].items() if key not in encoder.runtime_keys}
     given = encoder.identity()
     differences = {key: (stored.get(key), given.get(key)) for key in stored.keys() | given.keys()
@@ -415,7 +457,8 @@ def build_index_from_embeddings(
 
 
 def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | None = None,
-               verify: bool = True, mmap: bool = False, trust_remote_code: bool = False) -> LabelIndex:
+               verify: bool = True, mmap: bool = False, trust_remote_code: bool = False,
+               fast_queries: bool = False) -> LabelIndex:
     """Open an index folder (format 1 or 2). Checksums are verified (``verify=False`` checks sizes only, for very
     large folders).
 
@@ -424,6 +467,7 @@ def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | No
     takes to read its labels, and processes share its pages; it is then read-only. Stored re-rank vectors are
     always memory-mapped. An encoder config in the folder that sets ``trust_remote_code`` is refused unless the
     caller passes ``trust_remote_code=True``: what a folder says never decides whether code runs.
+    ``fast_queries=True`` encodes queries with the folder's static query encoder (``xmr.index.fast_queries``).
     """
     path = Path(path)
     recover(path)  # what a killed writer of this folder left beside it
@@ -459,4 +503,4 @@ def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | No
         encoder = load_encoder(encoder)
         check_encoder(encoder, manifest, path)
         index._encoder = encoder
-    return index
+    return index.use_fast_queries(fast_queries)

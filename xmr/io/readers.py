@@ -110,3 +110,21 @@ def file_columns(path: Path) -> list[str] | None:
     if kind == "csv":
         return next(csv.reader(text for _, text in text_lines(path)), [])
     return None
+
+
+def corpus_texts(path: Path, text_field: str = "text") -> list[str]:
+    """The texts of a corpus file: ``text_field`` of each record of a JSONL/CSV/Parquet file, else (any other file
+    name) each non-blank line. A record without that text is an error naming its line."""
+    if not path.is_file():
+        raise CatalogueError(f"{path}: no such corpus file")
+    try:
+        file_kind(path)
+    except CatalogueError:
+        return [line.strip() for _, line in text_lines(path) if line.strip()]
+    texts = []
+    for where, record in iter_records(path):
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            raise CatalogueError(f"{where}: no text field {text_field!r}")
+        texts.append(text)
+    return texts

@@ -1,0 +1,141 @@
+"""Fast queries: a static query encoder stored in an index folder, used on request, refused when it does not match."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import label_records
+
+import xmr
+from xmr.cli import main
+from xmr.encoders.static import StaticEmbeddingEncoder, write_static_files
+from xmr.errors import EncoderError, IndexFolderError, XMRError
+from xmr.index import build_index, load_index
+from xmr.index.fast_queries import FILES, SECTION
+
+QUERIES = ["python sql data", "forklift driving warehouse", "kitchen food repair"]
+
+
+def static_from(teacher, folder, distilled_from=None, dim=None):
+    """A static table over the teacher's tokenizer (its input embeddings, or random ones of another size)."""
+    table = teacher.model[0].auto_model.get_input_embeddings().weight.detach().numpy()
+    if dim is not None:
+        table = np.random.default_rng(0).normal(size=(len(table), dim)).astype(np.float32)
+    vectors, tokenizer = write_static_files(table, teacher.model.tokenizer.backend_tokenizer.to_str(), folder)
+    return StaticEmbeddingEncoder(str(vectors), str(tokenizer),
+                                  distilled_from=teacher.identity() if distilled_from is None else distilled_from)
+
+
+@pytest.fixture
+def index(tmp_path, tiny_encoder):
+    catalogue = xmr.LabelCatalogue.from_records(label_records(60))
+    return build_index(catalogue, tiny_encoder, tmp_path / "index")
+
+
+def test_fast_queries_change_the_encoder_used_and_its_vectors(index, tiny_encoder, tmp_path):
+    static = static_from(tiny_encoder, tmp_path / "static")
+    index.attach_fast_queries(static)
+    teacher_vectors = index.encode_queries(QUERIES).values
+    np.testing.assert_allclose(teacher_vectors, tiny_encoder.encode_queries(QUERIES), atol=1e-6)
+    index.use_fast_queries()
+    fast_vectors = index.encode_queries(QUERIES).values
+    np.testing.assert_allclose(fast_vectors, static.encode_queries(QUERIES), atol=1e-6)
+    assert not np.allclose(fast_vectors, teacher_vectors, atol=1e-3)
+    fast = index.search(QUERIES, k=5)
+    expected = index.search_embeddings(static.encode_queries(QUERIES), k=5)
+    np.testing.assert_array_equal(fast.ids, expected.ids)
+    assert index.describe()["query_encoder"]["vectors_sha256"] == static.vectors_sha256
+    index.use_fast_queries(False)
+    np.testing.assert_array_equal(index.search(QUERIES, k=5).ids,
+                                  index.search_embeddings(tiny_encoder.encode_queries(QUERIES), k=5).ids)
+
+
+def test_folder_with_fast_queries_round_trips(index, tiny_encoder, tmp_path):
+    static = static_from(tiny_encoder, tmp_path / "static")
+    index.attach_fast_queries(static)
+    index.save()
+    shutil.rmtree(tmp_path / "static")  # the folder holds its own copy
+    reopened = load_index(index.path, fast_queries=True)
+    assert reopened.manifest[SECTION]["encoder"]["vectors_sha256"] == static.vectors_sha256
+    assert set(FILES.values()) <= set(reopened.manifest["files"])  # checksummed like every file
+    np.testing.assert_allclose(reopened.encode_queries(QUERIES).values, static.encode_queries(QUERIES), atol=1e-6)
+    assert not load_index(index.path).fast_queries  # off unless asked for
+    moved = reopened.save(tmp_path / "copy")  # a loaded folder writes its fast queries into a new folder
+    np.testing.assert_allclose(load_index(moved, fast_queries=True).encode_queries(QUERIES).values,
+                               static.encode_queries(QUERIES), atol=1e-6)
+    table = moved / FILES["vectors"]
+    table.write_bytes(table.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(IndexFolderError, match="fast_queries.safetensors"):
+        load_index(moved, fast_queries=True)
+
+
+def test_mismatched_fast_query_encoder_is_refused(index, tiny_encoder, tmp_path):
+    other_teacher = tiny_encoder.identity() | {"query_prompt": "query: "}
+    with pytest.raises(IndexFolderError, match="distilled from another encoder.*query_prompt"):
+        index.attach_fast_queries(static_from(tiny_encoder, tmp_path / "other", distilled_from=other_teacher))
+    with pytest.raises(IndexFolderError, match="dim 32, the encoder gives 16"):
+        index.attach_fast_queries(static_from(tiny_encoder, tmp_path / "small", dim=16))
+    with pytest.raises(IndexFolderError, match="no fast query encoder"):
+        load_index(index.path, fast_queries=True)
+    # a folder whose section names another teacher (manifest re-stamped so only this check can refuse it)
+    index.attach_fast_queries(static_from(tiny_encoder, tmp_path / "static"))
+    index.save()
+    from xmr.index.folder import manifest_digest
+
+    path = index.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest[SECTION]["encoder"]["distilled_from"]["max_seq_length"] = 7
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    path.write_text(json.dumps(manifest))
+    assert load_index(index.path).search(QUERIES, k=3).ids.shape == (3, 3)  # the index itself still opens
+    with pytest.raises(IndexFolderError, match="distilled from another encoder.*max_seq_length"):
+        load_index(index.path, fast_queries=True)
+
+
+def test_static_encoder_refuses_a_table_that_does_not_fit_its_tokenizer(tiny_encoder, tmp_path):
+    table = np.zeros((5, 8), dtype=np.float32)
+    vectors, tokenizer = write_static_files(table, tiny_encoder.model.tokenizer.backend_tokenizer.to_str(), tmp_path)
+    with pytest.raises(EncoderError, match="vectors.safetensors"):
+        StaticEmbeddingEncoder(str(vectors), str(tokenizer))
+    static = static_from(tiny_encoder, tmp_path / "folder-source")
+    folder = static.save(tmp_path / "encoder")
+    again = xmr.load_encoder(folder)  # an encoder folder, paths relative to it
+    assert again.identity() == static.identity()
+    np.testing.assert_allclose(again.encode_queries(QUERIES), static.encode_queries(QUERIES))
+
+
+def test_cli_fast_queries_distils_fits_and_queries(index, tiny_encoder, tmp_path, capsys):
+    pytest.importorskip("model2vec.distill", reason="model2vec's distill extra (xmr[fast]) is not installed",
+                        exc_type=ImportError)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps(record) + "\n" for record in label_records(300, seed=5)))
+    assert main(["query", str(index.path), "--fast-queries", "python"]) == 2
+    assert "no fast query encoder" in capsys.readouterr().err
+    assert main(["fast-queries", str(index.path), "--corpus", str(corpus), "--max-epochs", "20"]) == 0
+    fitted = load_index(index.path, fast_queries=True)
+    assert fitted.fast_query_encoder.distilled_from == tiny_encoder.identity()
+    assert fitted.fast_query_encoder.distillation["corpus"] == 300
+    assert main(["fast-queries", str(index.path), "--out", str(tmp_path / "plain")]) == 0  # distil only
+    plain = load_index(tmp_path / "plain", fast_queries=True)
+    texts = [record["text"] for record in label_records(300, seed=5)]
+    teacher = tiny_encoder.encode_queries(texts)
+
+    def cosine(encoder):
+        return float(np.mean(np.sum(encoder.encode_queries(texts) * teacher, axis=1)))
+
+    assert cosine(fitted.fast_query_encoder) > cosine(plain.fast_query_encoder) + 0.05  # fitting moves it closer
+    capsys.readouterr()
+    assert main(["query", str(index.path), "--fast-queries", "--json", "-k", "2", "python sql"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    expected = fitted.search_embeddings(fitted.fast_query_encoder.encode_queries(["python sql"]), k=2)
+    assert [hit["id"] for hit in hits] == expected.label_ids(0)
+
+
+def test_fast_queries_refuse_other_teachers(tiny_encoder, tmp_path):
+    from xmr.encoders.distill import distill_static
+
+    with pytest.raises(EncoderError, match="sentence-transformers encoder"):
+        distill_static(static_from(tiny_encoder, tmp_path / "s"), tmp_path / "out")
+    with pytest.raises(XMRError):
+        load_index(tmp_path / "missing", fast_queries=True)
