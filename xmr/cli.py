@@ -242,6 +242,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from xmr.serve.app import Limits
+        from xmr.serve.run import serve
+    except ImportError as error:
+        raise XMRError(f"xmr serve needs the serve extra (pip install 'xmr[serve]'): {error}") from None
+    for name in ("max_queries", "max_k", "timeout"):
+        if getattr(args, name) <= 0:
+            raise XMRError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    serve(args.index, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+          limits=Limits(max_queries=args.max_queries, max_k=args.max_k, timeout_s=args.timeout))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from xmr.demo import run_demo
 
@@ -332,6 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--set", action="append", type=_override, metavar="FIELD=VALUE",
                           help="override one recipe field, e.g. --set schedule.max_steps=10 (repeatable)")
     training.set_defaults(run=cmd_train)
+
+    service = commands.add_parser("serve", help="HTTP query service (POST /search, GET /health, /info, page at /)")
+    service.add_argument("index", help="index folder (any predictor folder)")
+    service.add_argument("--host", default="127.0.0.1")
+    service.add_argument("--port", type=int, default=8000)
+    service.add_argument("--workers", type=int, default=1, help="processes sharing the memory-mapped index")
+    service.add_argument("--threads", type=int, help="torch threads per worker (default: torch's own)")
+    service.add_argument("--max-queries", type=int, default=64, help="queries per request")
+    service.add_argument("--max-k", type=int, default=1000)
+    service.add_argument("--timeout", type=float, default=30.0, help="seconds a search may take (then 504)")
+    service.set_defaults(run=cmd_serve)
 
     demo = commands.add_parser("demo", help="index ESCO skills, run example queries, evaluate on ESCO if present")
     demo.add_argument("--out", default=str(DEMO_INDEX))
