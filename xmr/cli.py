@@ -91,16 +91,24 @@ def cmd_build(args: argparse.Namespace) -> None:
     from xmr.encoders import load_encoder
     from xmr.index import build_index
 
-    catalogue = LabelCatalogue.from_file(
+    catalogue = None if args.engine == "ray" else LabelCatalogue.from_file(  # ray reads its Parquet shards itself
         args.labels, id_field=args.id_field, text_field=args.text_field, image_field=args.image_field,
         image_roots=args.image_root or (),
     )
     if args.recipe and args.factory:
         raise XMRError("give --recipe or --factory, not both")
     encoder = load_encoder(args.encoder, **_encoder_options(args.encoder, args))
-    index = build_index(catalogue, encoder, args.out, factory=args.factory or "Flat",
-                        search_params=_search_params(args), train_size=args.train_size, recipe=args.recipe,
-                        max_memory=args.max_memory, target_recall=args.target_recall)
+    if args.engine == "ray":
+        from xmr.index.ray_build import build_index_ray
+
+        index = build_index_ray(args.labels, encoder, args.out, factory=args.factory, recipe=args.recipe,
+                                search_params=_search_params(args), train_size=args.train_size, workers=args.workers,
+                                address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                                id_field=args.id_field, text_field=args.text_field)
+    else:
+        index = build_index(catalogue, encoder, args.out, factory=args.factory or "Flat",
+                            search_params=_search_params(args), train_size=args.train_size, recipe=args.recipe,
+                            max_memory=args.max_memory, target_recall=args.target_recall)
     spec = index.representation
     print(f"built {args.out}: {len(index)} labels, {spec['kind']} {index.dim}-{'bit' if 'bits' in spec else 'd'}, "
           f"{index.describe()['structure']} ({index.candidates.structure}), search {index.knobs() or 'exact'}")
@@ -298,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", help="cpu, cuda, ... (default: automatic)")
     build.add_argument("--no-normalize", action="store_true", help="raw inner product instead of cosine")
     build.add_argument("--train-size", type=int, default=200_000, help="vectors sampled to train IVF/PQ/SQ")
+    build.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="ray: Ray Data + an encoder actor pool over Parquet shards, IVF lists merged on disk")
+    build.add_argument("--workers", type=int, default=2, help="--engine ray: encoder actors and add tasks")
+    build.add_argument("--ray-address", help="--engine ray: a running cluster (auto, ray://HOST:10001); "
+                                             "default: start a local one")
+    build.add_argument("--gpus-per-worker", type=float, default=0, help="--engine ray: GPUs each encoder actor takes")
     _add_search_options(build)
     build.set_defaults(run=cmd_build)
 

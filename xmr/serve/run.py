@@ -16,6 +16,9 @@ from xmr.predictor import load_predictor
 from xmr.serve.app import Limits, create_app
 
 ENVIRONMENT = "XMR_SERVE"
+# uvicorn restarts a worker that misses its supervisor's ping for this long (its default, 5 s, killed busy workers
+# of a loaded machine mid-request in the load test, dropping their connections)
+HEALTHCHECK_S = 60
 
 
 def app_from_environment() -> FastAPI:
@@ -41,4 +44,4 @@ def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, workers:
     os.environ[ENVIRONMENT] = json.dumps({"index": str(Path(index).resolve()), "threads": threads,
                                           "limits": asdict(limits or Limits())})
     uvicorn.run("xmr.serve.run:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, timeout_graceful_shutdown=10)
+                log_level=log_level, timeout_graceful_shutdown=10, timeout_worker_healthcheck=HEALTHCHECK_S)
