@@ -118,8 +118,9 @@ def build_index_ray(
     """Build the index folder ``out`` from Parquet catalogue shards with Ray (see the module docstring); the
     result answers like :func:`xmr.build_index` with the same encoder and IVF factory or recipe.
 
-    ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``); ``None`` starts a local one with
-    ``workers`` CPUs. ``scratch`` holds the embedding and add shards (default: a folder beside ``out``).
+    ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``); ``None`` starts a new local one with
+    ``workers + 1`` CPUs (never joins a cluster found on the machine). A Ray session already started in this process
+    (``ray.init``) is used as it is. ``scratch`` holds the embedding and add shards (default: a folder beside ``out``).
     """
     import ray
 
@@ -149,7 +150,7 @@ def build_index_ray(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.ray-", dir=scratch))
     started_here = not ray.is_initialized()
     if started_here:  # a local cluster: one CPU per encoder actor and one for Ray Data's read tasks
-        ray.init(address=address, num_cpus=None if address else workers + 1, include_dashboard=False,
+        ray.init(address=address or "local", num_cpus=None if address else workers + 1, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     try:
         cpus = ray.cluster_resources().get("CPU", 0)
