@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--throughput-n", type=int, default=3_000, help="rows encoded for 1 vs 2 Ray workers")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=ROOT / "eval" / "bench" / "ray-build")
+    parser.add_argument("--keep", type=Path, help="results.json whose throughput runs are kept (not rerun)")
     args = parser.parse_args()
     import ray
 
@@ -144,7 +145,11 @@ def main() -> None:
 
     small = write_shards(catalogue_rows[:args.throughput_n], work / "small")
     report["throughput"] = []
-    for workers in (1, 2):
+    if args.keep:  # runs already measured by an interrupted invocation with the same --throughput-n
+        kept = json.loads(args.keep.read_text())
+        assert kept["facts"]["throughput_n"] == args.throughput_n, "--keep: another --throughput-n"
+        report["throughput"] = kept["throughput"]
+    for workers in [count for count in (1, 2) if count not in {run["workers"] for run in report["throughput"]}]:
         run = run_ray(small, work / f"small-ray{workers}", workers, block_rows=250)
         run["texts_per_s"] = round(args.throughput_n / run["encoding_wall_s"], 1)
         report["throughput"].append(run)
@@ -178,7 +183,9 @@ def main() -> None:
 
 def write_markdown(args, report: dict) -> None:
     lines = ["# Ray build vs single-process build", "", f"`python scripts/bench_ray_build.py --n {args.n} "
-             f"--throughput-n {args.throughput_n} --queries {args.queries}`", "",
+             f"--throughput-n {args.throughput_n} --queries {args.queries}`"
+             + (" (the 1-worker throughput run from an earlier invocation, kept with --keep)" if args.keep else ""),
+             "",
              ", ".join(f"{key}: {value}" for key, value in report["facts"].items()), "",
              "## Encoding throughput (Ray Data actor pool, MiniLM, 1 thread per actor)", "",
              "texts/s = texts / (first block's start to last block's end), i.e. without the actors' start-up; "
