@@ -87,7 +87,7 @@ def test_the_ray_build_answers_like_the_single_process_build(local_cluster, shar
     assert manifest["build"]["workers"] == 2 and manifest["build"]["encoder_processes"] in (1, 2)
     assert manifest["build"]["embedding_shards"] >= (6 if recipe.rerank else 1)
     added = manifest["build"]["add_shards"]
-    assert len(added) == 2 and sum(shard["labels"] for shard in added) == 600
+    assert len(added) == min(2, manifest["build"]["embedding_shards"]) and sum(s["labels"] for s in added) == 600
     assert single.manifest["stages"][0]["trained_on"] == manifest["stages"][0]["trained_on"] == 600
 
     shutil.move(tmp_path / "ray", tmp_path / "moved")  # the list file is found beside the index file
