@@ -97,16 +97,24 @@ def cmd_build(args: argparse.Namespace) -> None:
     from xmr.encoders import load_encoder
     from xmr.index import build_index
 
-    catalogue = LabelCatalogue.from_file(
+    catalogue = None if args.engine == "ray" else LabelCatalogue.from_file(  # ray reads its Parquet shards itself
         args.labels, id_field=args.id_field, text_field=args.text_field, image_field=args.image_field,
         image_roots=args.image_root or (),
     )
     if args.recipe and args.factory:
         raise XMRError("give --recipe or --factory, not both")
     encoder = load_encoder(args.encoder, **_encoder_options(args.encoder, args))
-    index = build_index(catalogue, encoder, args.out, factory=args.factory or "Flat",
-                        search_params=_search_params(args), train_size=args.train_size, recipe=args.recipe,
-                        max_memory=args.max_memory, target_recall=args.target_recall)
+    if args.engine == "ray":
+        from xmr.index.ray_build import build_index_ray
+
+        index = build_index_ray(args.labels, encoder, args.out, factory=args.factory, recipe=args.recipe,
+                                search_params=_search_params(args), train_size=args.train_size, workers=args.workers,
+                                address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+                                id_field=args.id_field, text_field=args.text_field)
+    else:
+        index = build_index(catalogue, encoder, args.out, factory=args.factory or "Flat",
+                            search_params=_search_params(args), train_size=args.train_size, recipe=args.recipe,
+                            max_memory=args.max_memory, target_recall=args.target_recall)
     spec = index.representation
     print(f"built {args.out}: {len(index)} labels, {spec['kind']} {index.dim}-{'bit' if 'bits' in spec else 'd'}, "
           f"{index.describe()['structure']} ({index.candidates.structure}), search {index.knobs() or 'exact'}")
@@ -286,6 +294,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        from xmr.serve.app import Limits
+        from xmr.serve.run import serve
+    except ImportError as error:
+        raise XMRError(f"xmr serve needs the serve extra (pip install 'xmr[serve]'): {error}") from None
+    for name in ("max_queries", "max_k", "timeout"):
+        if getattr(args, name) <= 0:
+            raise XMRError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    serve(args.index, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+          limits=Limits(max_queries=args.max_queries, max_k=args.max_k, timeout_s=args.timeout))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from xmr.demo import run_demo
 
@@ -329,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--device", help="cpu, cuda, ... (default: automatic)")
     build.add_argument("--no-normalize", action="store_true", help="raw inner product instead of cosine")
     build.add_argument("--train-size", type=int, default=200_000, help="vectors sampled to train IVF/PQ/SQ")
+    build.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="ray: Ray Data + an encoder actor pool over Parquet shards, IVF lists merged on disk")
+    build.add_argument("--workers", type=int, default=2, help="--engine ray: encoder actors and add tasks")
+    build.add_argument("--ray-address", help="--engine ray: a running cluster (auto, ray://HOST:10001); "
+                                             "default: start a local one")
+    build.add_argument("--gpus-per-worker", type=float, default=0, help="--engine ray: GPUs each encoder actor takes")
     _add_search_options(build)
     build.set_defaults(run=cmd_build)
 
@@ -394,6 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--set", action="append", type=_override, metavar="FIELD=VALUE",
                           help="override one recipe field, e.g. --set schedule.max_steps=10 (repeatable)")
     training.set_defaults(run=cmd_train)
+
+    service = commands.add_parser("serve", help="HTTP query service (POST /search, GET /health, /info, page at /)")
+    service.add_argument("index", help="index folder (any predictor folder)")
+    service.add_argument("--host", default="127.0.0.1")
+    service.add_argument("--port", type=int, default=8000)
+    service.add_argument("--workers", type=int, default=1, help="processes sharing the memory-mapped index")
+    service.add_argument("--threads", type=int, help="torch threads per worker (default: torch's own)")
+    service.add_argument("--max-queries", type=int, default=64, help="queries per request")
+    service.add_argument("--max-k", type=int, default=1000)
+    service.add_argument("--timeout", type=float, default=30.0, help="seconds a search may take (then 504)")
+    service.set_defaults(run=cmd_serve)
 
     demo = commands.add_parser("demo", help="index ESCO skills, run example queries, evaluate on ESCO if present")
     demo.add_argument("--out", default=str(DEMO_INDEX))

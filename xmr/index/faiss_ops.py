@@ -65,15 +65,20 @@ def flat_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray] | None:
     return vectors, faiss.vector_to_array(layers[0].id_map)
 
 
+def training_rows(rows: int, train_size: int = DEFAULT_TRAIN_SIZE, seed: int = 0) -> np.ndarray | None:
+    """The sorted rows :func:`train` samples from ``rows`` vectors (None: all of them, in order); a sharded build
+    gathers the same rows from its shards, so its quantiser is the one a single-process build trains."""
+    if rows <= train_size:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(rows, size=train_size, replace=False))
+
+
 def train(index: faiss.Index, vectors: np.ndarray, train_size: int = DEFAULT_TRAIN_SIZE, seed: int = 0) -> int:
     """Train ``index`` (IVF, PQ, SQ, ...) on a random sample of at most ``train_size`` rows; returns rows used."""
     if index.is_trained:
         return 0
-    rows = len(vectors)
-    sample = vectors
-    if rows > train_size:
-        chosen = np.sort(np.random.default_rng(seed).choice(rows, size=train_size, replace=False))
-        sample = vectors[chosen]
+    chosen = training_rows(len(vectors), train_size, seed)
+    sample = vectors if chosen is None else vectors[chosen]
     try:
         index.train(sample)
     except RuntimeError as error:

@@ -396,6 +396,22 @@ def _resolve_recipe(kind: str, recipe: IndexRecipe | str | None, factory: str, n
     return (recipe or IndexRecipe("factory", factory)).resolved(n_labels, dim), auto
 
 
+def new_manifest(catalogue: LabelCatalogue, encoder: Encoder | None, spec: dict[str, Any],
+                 recipe: IndexRecipe) -> dict[str, Any]:
+    """The manifest of a label index just built over ``catalogue`` (internal ids 0..n-1); stages are added on save."""
+    return {
+        "kind": LabelIndex.kind,
+        "xmr_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "encoder": encoder.identity() if encoder is not None else {"type": NO_ENCODER, **spec},
+        "representation": spec,
+        "labels": {"file": LABELS_FILE, "source": catalogue.source, "id_type": type(catalogue.ids[0]).__name__,
+                   "count": len(catalogue), "has_images": catalogue.images is not None,
+                   "next_internal_id": len(catalogue)},
+        "recipe": recipe.to_manifest(),
+    }
+
+
 def build_index_from_embeddings(
     catalogue: LabelCatalogue,
     vectors: Representation | np.ndarray,
@@ -434,17 +450,7 @@ def build_index_from_embeddings(
     if knobs:
         candidates.set_knobs(knobs)
     rerankers = [stage_for(RerankStage, labels.kind).build(labels, recipe.rerank)] if recipe.rerank else []
-    manifest = {
-        "kind": LabelIndex.kind,
-        "xmr_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "encoder": encoder.identity() if encoder is not None else {"type": NO_ENCODER, **spec},
-        "representation": spec,
-        "labels": {"file": LABELS_FILE, "source": catalogue.source, "id_type": type(catalogue.ids[0]).__name__,
-                   "count": len(catalogue), "has_images": catalogue.images is not None,
-                   "next_internal_id": len(catalogue)},
-        "recipe": recipe.to_manifest(),
-    }
+    manifest = new_manifest(catalogue, encoder, spec, recipe)
     index = LabelIndex(catalogue, internal_ids, candidates, rerankers, manifest, encoder=encoder)
     index._record_stages()
     if auto:
