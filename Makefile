@@ -26,6 +26,7 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet --no-deps skeletoken  # model2vec distillation; model2vec[distill] pins transformers<5.4
 	touch $@
 
 install: $(VENV)/.installed
