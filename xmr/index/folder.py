@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from xmr.errors import IndexFolderError
-from xmr.io.atomic import sha256_file, write_folder_atomically
+from xmr.io.atomic import recover, sha256_file, write_folder_atomically
 
 FORMAT = "xmr-index"
 FORMAT_VERSION = 2
@@ -189,3 +189,14 @@ def verify_files(folder: Path, manifest: dict[str, Any], checksums: bool = True)
             raise IndexFolderError(f"{path}: size {path.stat().st_size} != {expected['bytes']} in {MANIFEST}")
         if checksums and sha256_file(path) != expected["sha256"]:
             raise IndexFolderError(f"{path}: checksum mismatch, the file is corrupted or was modified")
+
+
+def open_folder(path: Path, kind: str, verify: bool = True) -> dict[str, Any]:
+    """The manifest of a folder of ``kind``, after finishing an interrupted swap and checking its files
+    (checksums unless ``verify=False``); a folder of another kind is refused by name."""
+    recover(path)
+    manifest = read_manifest(path)
+    if manifest.get("kind") != kind:
+        raise IndexFolderError(f"{path}: a {manifest.get('kind')!r} folder, not a {kind}")
+    verify_files(path, manifest, checksums=verify)
+    return manifest

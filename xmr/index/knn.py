@@ -34,9 +34,8 @@ from xmr.catalogue import LabelCatalogue
 from xmr.encoders import Encoder, load_encoder
 from xmr.errors import IndexFolderError, InvalidArgument
 from xmr.index import faiss_ops
-from xmr.index.folder import read_manifest, verify_files, write_index_folder
+from xmr.index.folder import open_folder, write_index_folder
 from xmr.index.label_index import LABELS_FILE, check_encoder
-from xmr.io.atomic import recover
 from xmr.predictor import EncodedPredictor
 from xmr.representations import DenseVectors, Representation, as_representation
 from xmr.search import SearchResult
@@ -181,11 +180,7 @@ def load_knn_index(path: str | Path, encoder: Encoder | None = None, verify: boo
                    **_options: Any) -> InstanceKNNIndex:
     """Open a folder written by :meth:`InstanceKNNIndex.save` (checksums verified unless ``verify=False``)."""
     path = Path(path)
-    recover(path)
-    manifest = read_manifest(path)
-    if manifest.get("kind") != KIND:
-        raise IndexFolderError(f"{path}: a {manifest.get('kind')!r} folder, not a {KIND}")
-    verify_files(path, manifest, checksums=verify)
+    manifest = open_folder(path, KIND, verify)
     try:
         catalogue = LabelCatalogue.from_arrow(pq.read_table(path / LABELS_FILE), source=str(path / LABELS_FILE))
         lists = pq.read_table(path / INSTANCE_LABELS_FILE).column("labels").combine_chunks()

@@ -34,9 +34,8 @@ from xmr._version import __version__
 from xmr.catalogue import LabelCatalogue
 from xmr.encoders.base import Item, item_texts
 from xmr.errors import IndexFolderError, InvalidArgument
-from xmr.index.folder import read_manifest, verify_files, write_index_folder
+from xmr.index.folder import open_folder, write_index_folder
 from xmr.index.label_index import LABELS_FILE
-from xmr.io.atomic import recover
 from xmr.predictor import Predictor, as_items
 from xmr.search import SearchResult
 
@@ -144,11 +143,7 @@ def build_lexical_index(catalogue: LabelCatalogue, texts: Sequence[str], instanc
 def load_lexical_index(path: str | Path, verify: bool = True, **_options: Any) -> LexicalIndex:
     """Open a folder written by :meth:`LexicalIndex.save`."""
     path = Path(path)
-    recover(path)
-    manifest = read_manifest(path)
-    if manifest.get("kind") != KIND:
-        raise IndexFolderError(f"{path}: a {manifest.get('kind')!r} folder, not a {KIND}")
-    verify_files(path, manifest, checksums=verify)
+    manifest = open_folder(path, KIND, verify)
     try:
         catalogue = LabelCatalogue.from_arrow(pq.read_table(path / LABELS_FILE), source=str(path / LABELS_FILE))
         vocabulary = pq.read_table(path / VOCABULARY_FILE)
