@@ -161,9 +161,10 @@ def test_build_flags_are_checked_against_the_encoder_type(labels_file, tiny_mode
     assert st["max_seq_length"] == 16 and st["query_prompt"] == "python"
 
 
-def test_console_entry_point_exits_with_mains_code(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "xmr.cli", "--help"], capture_output=True, text=True, check=True)
+@pytest.mark.parametrize("module", ["xmr", "xmr.cli"])
+def test_console_entry_point_exits_with_mains_code(tmp_path, module):
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True)
     assert "build" in done.stdout and "query" in done.stdout and "demo" in done.stdout
-    failed = subprocess.run([sys.executable, "-m", "xmr.cli", "info", str(tmp_path)], capture_output=True, text=True)
+    failed = subprocess.run([sys.executable, "-m", module, "info", str(tmp_path)], capture_output=True, text=True)
     assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
         f"xmr: error: {tmp_path}: not an xmr index folder (no manifest.json)"]

@@ -8,6 +8,7 @@ is what an index folder records and checks on load.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -123,6 +124,11 @@ class DenseEncoder(Encoder):
         check_side(side)
         vectors = self.encode_queries(items) if side == "query" else self.encode_labels(items)
         return DenseVectors(vectors, normalized=bool(self.normalize))
+
+
+def write_encoder_config(folder: Path, config: Mapping[str, Any]) -> None:
+    """Write an encoder folder's ``xmr_encoder.json`` (the config ``load_encoder`` reads back)."""
+    (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def check_side(side: str) -> None:

@@ -10,7 +10,6 @@ tokens so left and right padding give the same vectors, and batches are sorted b
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -24,13 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from xmr.encoders.base import (
-    ENCODER_FILE,
     DenseEncoder,
     Encoder,
     Item,
     item_texts,
     quiet_weight_loading,
     register_encoder,
+    write_encoder_config,
 )
 from xmr.encoders.bundled import BUNDLED_DECODERS
 from xmr.encoders.fusable import IMAGE_SLOT, FusionTokens
@@ -314,5 +313,5 @@ class DecoderEncoder(DenseEncoder):
                       folder / PROJECTION_FILE)
             config["projection_file"] = PROJECTION_FILE
         config["device"] = None
-        (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_encoder_config(folder, config)
         return folder

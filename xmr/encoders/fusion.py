@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from xmr.encoders.base import ENCODER_FILE, DenseEncoder, Encoder, Item, check_side, register_encoder
+from xmr.encoders.base import (
+    DenseEncoder,
+    Encoder,
+    Item,
+    check_side,
+    register_encoder,
+    write_encoder_config,
+)
 from xmr.encoders.fusable import IMAGE_SLOT, FusableText, FusionTokens
 from xmr.encoders.image import ImageTower
 from xmr.errors import EncoderError
@@ -180,8 +187,6 @@ class FusedEncoder(DenseEncoder):
 
     def save(self, folder: str | Path) -> Path:
         """An encoder folder: ``xmr_encoder.json``, the image projection, and the text encoder's own folder."""
-        import json
-
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -191,5 +196,5 @@ class FusedEncoder(DenseEncoder):
         config["projection_file"] = PROJECTION_FILE
         self.text_encoder.save(folder / TEXT_FOLDER)
         config["text"] = TEXT_FOLDER
-        (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_encoder_config(folder, config)
         return folder

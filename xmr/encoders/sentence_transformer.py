@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmr.encoders.base import (
-    ENCODER_FILE,
     DenseEncoder,
     Item,
     item_texts,
     quiet_weight_loading,
     register_encoder,
+    write_encoder_config,
 )
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, canonical_model_name, resolve_model_location
 from xmr.encoders.fusable import IMAGE_SLOT, FusionTokens
@@ -267,7 +267,7 @@ class SentenceTransformerEncoder(DenseEncoder):
         with quiet_weight_loading():
             self.model.save(str(folder / MODEL_FOLDER), create_model_card=False)
         config = self.config() | {"model": MODEL_FOLDER, "device": None}
-        (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_encoder_config(folder, config)
         return folder
 
     def config(self) -> dict[str, Any]:

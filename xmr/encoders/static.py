@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from xmr.encoders.base import ENCODER_FILE, DenseEncoder, Item, item_texts, register_encoder
+from xmr.encoders.base import DenseEncoder, Item, item_texts, register_encoder, write_encoder_config
 from xmr.errors import EncoderError
 from xmr.io.atomic import sha256_file
 
@@ -108,13 +108,12 @@ class StaticEmbeddingEncoder(DenseEncoder):
 
     def save(self, folder: str | Path) -> Path:
         """An encoder folder: ``xmr_encoder.json``, ``vectors.safetensors`` and ``tokenizer.json``."""
-        import json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.write_files(folder, VECTORS_FILE, TOKENIZER_FILE)
         config = self.config() | {"vectors": VECTORS_FILE, "tokenizer": TOKENIZER_FILE}
-        (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_encoder_config(folder, config)
         return folder
 
     def config(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ the prompt context and the towers' trained blocks).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from xmr.encoders import register_encoder
-from xmr.encoders.base import ENCODER_FILE, Encoder, Item, check_side
+from xmr.encoders.base import Encoder, Item, check_side, write_encoder_config
 from xmr.errors import EncoderError
 from xmr.prompthash.codes import HashCodes
 from xmr.prompthash.model import HashNet, HashNetConfig
@@ -195,7 +194,7 @@ class PromptHashEncoder(Encoder):
         save_file({name: p.detach().contiguous().cpu() for name, p in self.trainable().items()},
                   str(folder / WEIGHTS_FILE))
         config = self.config() | {"model": WEIGHTS_FILE}
-        (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_encoder_config(folder, config)
         return folder
 
     def with_bits(self, bits: int) -> PromptHashEncoder:

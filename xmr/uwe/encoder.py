@@ -17,7 +17,6 @@ re-rank stage records them (``stages.LateInteractionRerank``) and training uses 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 
-from xmr.encoders.base import ENCODER_FILE, Encoder, Item, check_side, item_texts, register_encoder
+from xmr.encoders.base import (
+    Encoder,
+    Item,
+    check_side,
+    item_texts,
+    register_encoder,
+    write_encoder_config,
+)
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL
 from xmr.encoders.sentence_transformer import SentenceTransformerEncoder
 from xmr.errors import EncoderError
@@ -175,7 +181,7 @@ class LateInteractionEncoder(Encoder):
             save_file({key: value.detach().cpu().contiguous() for key, value in self.projection.state_dict().items()},
                       str(folder / PROJECTION_FILE))
             config["projection_file"] = PROJECTION_FILE
-        (folder / ENCODER_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        write_encoder_config(folder, config)
         return folder
 
     def config(self) -> dict[str, Any]:

@@ -1,0 +1,7 @@
+"""``python -m xmr``: the same command line as the ``xmr`` script."""
+
+import sys
+
+from xmr.cli import main
+
+sys.exit(main())
