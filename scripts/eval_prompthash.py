@@ -180,7 +180,7 @@ TEXT_PARTS = {
 def linear_hashes(fit_floats: np.ndarray, label_floats: np.ndarray, query_floats: np.ndarray,
                   bits: int) -> dict[str, tuple[HashCodes, HashCodes]]:
     """The baselines a learned head has to beat, as (label codes, query codes) carrying their floats: PCA-ITQ fitted
-    on ``fit_floats`` (unsupervised: no labels, no pairs) through FAISS's ITQTransform, checked bit for bit against
+    on ``fit_floats`` (unsupervised: no labels, no pairs) through FAISS's ITQTransform, checked against
     ``faiss.index_factory(d, "ITQ{bits},LSH")``, and sign random projection (Charikar 2002; FAISS ``IndexLSH`` with a
     random rotation)."""
     import faiss
@@ -190,8 +190,12 @@ def linear_hashes(fit_floats: np.ndarray, label_floats: np.ndarray, query_floats
     reference.train(np.ascontiguousarray(fit_floats, dtype=np.float32))
     faiss_bits = np.unpackbits(reference.sa_encode(np.ascontiguousarray(label_floats)), axis=1, bitorder="little")
     ours = np.unpackbits(itq_codes(label_floats, weight, bias).codes, axis=1)
-    if not np.array_equal(faiss_bits, ours):
-        raise SystemExit(f"PCA-ITQ codes differ from faiss ITQ{bits},LSH on {np.mean(faiss_bits != ours):.4%} bits")
+    projections = np.asarray(label_floats, dtype=np.float32) @ weight.T + bias
+    differ = faiss_bits != ours  # float rounding may flip a bit whose projection is ~0, nothing else
+    if np.abs(projections[differ]).max(initial=0.0) > 1e-5:
+        raise SystemExit(f"PCA-ITQ codes differ from faiss ITQ{bits},LSH on {differ.sum()} bits, some far from 0")
+    print(f"PCA-ITQ vs faiss ITQ{bits},LSH: {differ.sum()} of {differ.size} bits differ, all with |projection| "
+          "<= 1e-5", flush=True)
     rotation = np.random.default_rng(0).normal(size=(label_floats.shape[1], bits)).astype(np.float32)
     out = {}
     for name, hash_of in (("PCA-ITQ", lambda x: itq_codes(x, weight, bias)),
@@ -272,7 +276,8 @@ def part_text(name: str) -> None:
              "re-rank reads the stored float vectors (memory-mapped) for the candidates only. PCA-ITQ is fitted "
              f"(no labels) on the {len(label_floats):,} label vectors and the {len(train_floats):,} training "
              "queries' vectors, the same vectors `prompthash.init: itq` fits its heads on; its codes equal "
-             f"`faiss.index_factory(384, \"ITQ{encoder.bits},LSH\")` bit for bit (checked).", "",
+             f"`faiss.index_factory(384, \"ITQ{encoder.bits},LSH\")` bit for bit "
+             "up to float rounding (checked: a bit may differ only where its projection is within 1e-5 of 0).", "",
              "| search | " + " | ".join(shown) + " | QPS |", "|---|" + "---|" * (len(shown) + 1)]
     for label, entry in rows.items():
         lines.append(f"| {label} | " + " | ".join(f"{100 * entry[key]:.2f}" for key in shown)
@@ -403,13 +408,16 @@ def part_pypi(args: argparse.Namespace) -> None:
     systems = [(f"PromptHash head ({args.head_name})", trained_labels, trained_queries)]
     systems += [(name, codes, query_codes) for name, (codes, query_codes) in baselines.items()]
     for name, codes, query_codes in systems:
-        for factory in ("BFlat", "BHash4x16"):
+        for factory, flips in (("BFlat", [{}]), ("BHash4x16", [{"nflip": flip} for flip in (0, 1, 2)])):
             built = build_index_from_embeddings(catalogue, codes, scratch / f"{factory}-{len(rows)}",
                                                 recipe=IndexRecipe("bench", factory, rerank=100))
-            measure(f"{name}, {factory}, Hamming only", built, query_codes, {"rerank": 0}, ("index.binary.faiss",))
-            for depth in (100, 500):
-                measure(f"{name}, {factory} + float re-rank {depth}", built, query_codes, {"rerank": depth},
+            for flip in flips:  # multi-index hashing: bits flipped per 16-bit sub-code when probing its table
+                where = f"{factory}" + (f" nflip={flip['nflip']}" if flip else "")
+                measure(f"{name}, {where}, Hamming only", built, query_codes, {"rerank": 0, **flip},
                         ("index.binary.faiss",))
+                for depth in (100, 500):
+                    measure(f"{name}, {where} + float re-rank {depth}", built, query_codes,
+                            {"rerank": depth, **flip}, ("index.binary.faiss",))
     for factory, knobs in (("Flat", {}), ("HNSW32", {"efSearch": 64})):
         built = build_index_from_embeddings(catalogue, labels, scratch / factory, factory=factory, normalized=True)
         measure(f"float MiniLM {factory}", built, queries, knobs, ("index.faiss",))
@@ -423,7 +431,8 @@ def part_pypi(args: argparse.Namespace) -> None:
         lines.append(f"| {row['system']} | {100 * row['recall_at_10']:.1f} | {row['qps']:.0f} | "
                      f"{row['resident_bytes_per_label']:.0f} |")
     lines += ["", f"PCA-ITQ is fitted (no labels) on the first {min(n, FIT_ROWS):,} label vectors; its codes equal "
-              f"faiss `ITQ{head.bits},LSH` bit for bit (checked). The hash head ({args.head_name}) was trained for "
+              f"faiss `ITQ{head.bits},LSH` bit for bit up to float rounding (checked: a bit may differ only where its "
+              f"projection is within 1e-5 of 0). The hash head ({args.head_name}) was trained for "
               "label relevance, not for neighbour preservation on PyPI summaries: recall against exact float search "
               "measures how well it keeps MiniLM's neighbourhoods."]
     if n < args.n:
