@@ -83,9 +83,10 @@ def test_the_ray_build_answers_like_the_single_process_build(local_cluster, shar
     assert [stage["type"] for stage in manifest["stages"]] == ["faiss-ondisk"] + (["exact-dense"] if recipe.rerank
                                                                                    else [])
     assert "index.ivfdata" in manifest["files"] and manifest["build"]["engine"] == "ray"
-    # 600 rows in blocks of 100 over 2 actors (on a loaded machine one actor may take every block)
+    # 600 rows in blocks of at most 100 (API) or 4,096 (CLI default), at least one block per worker; whether the
+    # second actor gets one depends on how fast the first finishes (scripts/bench_ray_build.py measures both at work)
     assert manifest["build"]["workers"] == 2 and manifest["build"]["encoder_processes"] in (1, 2)
-    assert manifest["build"]["embedding_shards"] >= (6 if recipe.rerank else 1)
+    assert manifest["build"]["embedding_shards"] == (6 if recipe.rerank else 2)
     added = manifest["build"]["add_shards"]
     assert len(added) == min(2, manifest["build"]["embedding_shards"]) and sum(s["labels"] for s in added) == 600
     assert single.manifest["stages"][0]["trained_on"] == manifest["stages"][0]["trained_on"] == 600

@@ -2,8 +2,9 @@
 
 1. **Encode** (Ray Data): ``ray.data.read_parquet`` reads the catalogue's Parquet shards; ``map_batches`` with an
    actor pool (``concurrency=workers``, one encoder loaded per actor, ``num_gpus=1`` per actor when asked) encodes
-   each block and writes it as an embedding shard (``part-*.npy``) into the scratch folder, passing on only the
-   label ids and where each vector went, never the vectors.
+   each block (the rows split into blocks of at most ``block_rows``, at least one per worker) and writes it as an
+   embedding shard (``part-*.npy``) into the scratch folder, passing on only the label ids and where each vector
+   went, never the vectors.
 2. **Train once**: the IVF quantiser (and PQ/SQ codebooks) is trained in the driver on the rows the single-process
    build samples (:func:`faiss_ops.training_rows`), gathered from the shards in row order, so both builds train the
    same quantiser.
@@ -159,7 +160,11 @@ def build_index_ray(
                            f"Data's read tasks need one more; use --workers {max(int(cpus) - 1, 1)} or add nodes")
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        data = ray.data.read_parquet([str(file) for file in files], columns=[id_field, text_field])
+        # Ray Data reads a small Parquet file as one block, and one block reaches one actor: split the rows into
+        # blocks of at most block_rows, at least one per worker, so every encoder actor gets work.
+        blocks = max(workers, -(-len(catalogue) // block_rows))
+        data = ray.data.read_parquet([str(file) for file in files], columns=[id_field, text_field]).repartition(
+            blocks)
         placed = data.map_batches(
             EncodeBlock, batch_size=block_rows, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
             num_gpus=gpus_per_worker,
