@@ -128,8 +128,8 @@ def main() -> None:
     facts = {"labels": args.n, "index": "Flat (exact), 384-d MiniLM", "workers": args.workers,
              "threads_per_worker": 1, "k": K, "queries_per_request": 1, "direct_search_ms_per_query":
              round(direct_ms, 1), "cpus": os.cpu_count(), "python": platform.python_version(),
-             "xmr": xmr.__version__, "note": "2 shared CPU cores, other jobs running: absolute numbers are loaded-"
-                                              "machine numbers; the answers check is exact"}
+             "xmr": xmr.__version__, "load average after the run (1/5/15 min)": [round(value, 2) for value in
+                                                                                   os.getloadavg()]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"facts": facts, "rows": rows}, indent=2) + "\n")
     lines = ["# xmr serve load test (loopback)", "", f"`python scripts/bench_serve.py --n {args.n} --workers "
