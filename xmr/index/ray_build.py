@@ -24,6 +24,7 @@ On a multi-node cluster (``address=``) the scratch folder must be on a file syst
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import tempfile
@@ -160,13 +161,15 @@ def build_index_ray(
                            f"Data's read tasks need one more; use --workers {max(int(cpus) - 1, 1)} or add nodes")
         timings: dict[str, float] = {}
         clock = time.perf_counter()
-        # Ray Data reads a small Parquet file as one block, and one block reaches one actor: split the rows into
-        # blocks of at most block_rows, at least one per worker, so every encoder actor gets work.
-        blocks = max(workers, -(-len(catalogue) // block_rows))
+        # Ray Data reads a small Parquet file as one block, and map_batches bundles blocks up to batch_size before
+        # an actor sees them: split the rows into equal blocks of at most block_rows, at least one per worker, and
+        # make the batch one such block, so every encoder actor gets work.
+        blocks = max(workers, math.ceil(len(catalogue) / block_rows))
         data = ray.data.read_parquet([str(file) for file in files], columns=[id_field, text_field]).repartition(
             blocks)
         placed = data.map_batches(
-            EncodeBlock, batch_size=block_rows, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+            EncodeBlock, batch_size=math.ceil(len(catalogue) / blocks), compute=ray.data.ActorPoolStrategy(
+                size=workers), num_cpus=1,
             num_gpus=gpus_per_worker,
             fn_constructor_kwargs={"config": encoder.config(), "id_field": id_field, "text_field": text_field,
                                    "scratch": str(work), "threads": threads_per_worker}).to_pandas()
