@@ -1,12 +1,9 @@
 """Encoder backends: texts/s and ESCO quality of MiniLM on PyTorch vs ONNX Runtime fp32 / int8, in one run.
 
-sentence-transformers' ONNX backend needs optimum-onnx, whose releases (<= 0.1.0) require transformers < 4.58 while
-xmr's main environment has transformers 5 (sentence-transformers 6). So this runs in its own environment,
-.venv-onnx, which layers transformers 4.57 / sentence-transformers 5.7 / optimum-onnx over the main .venv (torch,
-faiss and xmr's other dependencies come from there); ``--setup`` creates it:
+    .venv/bin/python scripts/bench_encoder_backends.py
 
-    .venv/bin/python scripts/bench_encoder_backends.py --setup      # creates .venv-onnx, then reruns itself there
-    .venv-onnx/bin/python scripts/bench_encoder_backends.py         # the measurement
+The ONNX rows are xmr's own backend (``xmr.encoders.onnx_runtime``: ``torch.onnx.export`` of the network, ONNX
+Runtime's dynamic int8 quantisation, sentence-transformers' pooling), in the main environment.
 
 Throughput: the 2,000 PyPI query texts of scripts/bench_index.py, each backend warmed up, one timed pass, the same
 threads. Quality: the ESCO skill-extraction test split, exact search over all 13,896 skills, each backend encoding
@@ -20,31 +17,14 @@ import csv
 import gzip
 import json
 import os
-import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ONNX_VENV = ROOT / ".venv-onnx"
-ONNX_PACKAGES = ["transformers==4.57.6", "sentence-transformers==5.7.0", "datasets==4.8.5",
-                 "optimum-onnx[onnxruntime]==0.1.0", "onnxruntime==1.31.1"]
 CORPUS = ROOT.parent / "shared" / "data" / "pypi-summaries" / "corpus.jsonl.gz"
 ESCO = ROOT.parent / "shared" / "data" / "esco-skill-extraction"
 BACKENDS = [("torch", None), ("onnx", None), ("onnx", "int8")]
-
-
-def setup() -> Path:
-    """Create .venv-onnx: its own newer-than-compatible packages first, the main venv's site-packages after."""
-    python = ONNX_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(ONNX_VENV)], check=True)
-        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                              check=True, capture_output=True, text=True).stdout.strip()
-        Path(site, "xmr-main-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *ONNX_PACKAGES], check=True)
-    return python
 
 
 def query_texts(n: int = 2000) -> list[str]:
@@ -55,16 +35,12 @@ def query_texts(n: int = 2000) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--setup", action="store_true", help="create .venv-onnx and run the benchmark there")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=ROOT / "eval" / "bench" / "encode")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.setup:
-        python = setup()
-        sys.exit(subprocess.run([str(python), __file__, "--threads", str(args.threads), "--out", str(args.out)],
-                                env={**os.environ, "PYTHONPATH": str(ROOT)}).returncode)
     sys.path.insert(0, str(ROOT))
+    import onnxruntime
     import sentence_transformers
     import torch
     import transformers
@@ -75,6 +51,7 @@ def main() -> None:
     from xmr.index import build_index
 
     torch.set_num_threads(args.threads)
+    load_before = " / ".join(f"{value:.1f}" for value in os.getloadavg())
     texts = query_texts()
     catalogue = LabelCatalogue.from_file(ESCO / "labels.jsonl")
     rows, reference = [], None
@@ -99,10 +76,11 @@ def main() -> None:
         writer.writerows(rows)
     torch_row = rows[0]
     lines = ["# Encoder backends: bundled MiniLM on PyTorch vs ONNX Runtime", "",
-             f"`.venv/bin/python scripts/bench_encoder_backends.py --setup`; {args.threads} threads; 2,000 PyPI "
+             f"`.venv/bin/python scripts/bench_encoder_backends.py`; {args.threads} threads; 2,000 PyPI "
              f"summaries for texts/s; ESCO test (926 sentences, 13,896 skills, exact search) for quality. "
-             f"Environment .venv-onnx: torch {torch.__version__}, transformers {transformers.__version__}, "
-             f"sentence-transformers {sentence_transformers.__version__} (optimum-onnx needs transformers < 4.58).", "",
+             f"torch {torch.__version__}, transformers {transformers.__version__}, sentence-transformers "
+             f"{sentence_transformers.__version__}, onnxruntime {onnxruntime.__version__}; load average before the "
+             f"run {load_before}.", "",
              "| backend | weights | texts/s | speed-up | cosine to torch | P@1 | P@5 | R@10 | RP@10 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:

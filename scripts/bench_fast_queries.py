@@ -9,11 +9,13 @@ the validation sentences. Each variant encodes every test query once (timed, aft
 vectors are scored by ``xmr.evaluate`` against the same index: P@1/PSP@1 (Reuters, propensities from train), RP@10
 per subset (ESCO). Variants that only change batching give the same vectors, so they are timed on the first
 ``--timing-sample`` queries and their cosine to the baseline is reported instead of re-scoring. Every library runs
-on ``--threads`` threads (torch, ONNX Runtime intra-op; model2vec in-process). Writes OUT/{results.csv, report.md}.
+on ``--threads`` threads (torch; ONNX Runtime intra-op, which xmr sets from torch's; model2vec in-process).
+Writes OUT/{results.csv, report.md}.
 
 Variants: torch at the index's ``max_seq_length`` (the baseline) and shorter ones; length-bucketed batching
 (sentence-transformers sorts each ``encode`` call by length: the baseline) against file-order batches and larger
-sorted batches; ONNX Runtime fp32 and dynamic int8 (``OnnxEncoder``); static embeddings distilled with model2vec
+sorted batches; ONNX Runtime dynamic int8 (xmr's ``backend="onnx", quantize="int8"``: ``xmr.encoders.onnx_runtime``,
+exported into the encoder's model folder once); static embeddings distilled with model2vec
 without fitting, and the index's fitted fast query encoder; and combinations (int8 with a shorter length, static
 with a shorter length).
 """
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xmr.datasets import read_instances  # noqa: E402
+from xmr.encoders import load_encoder  # noqa: E402
 from xmr.encoders.distill import distill_static  # noqa: E402
 from xmr.evaluation import evaluate  # noqa: E402
 from xmr.index import load_index  # noqa: E402
@@ -46,75 +49,6 @@ COLUMNS = ("dataset", "variant", "encoder", "max_length", "queries_timed", "seco
            "cosine_to_baseline", "P@1", "PSP@1", "RP@10", "RP@10 house", "RP@10 tech", "RP@10 techwolf")
 WARMUP = 32
 SHORT_PASS_S = 2.0
-
-
-class OnnxEncoder:
-    """The teacher's transformer on ONNX Runtime, fp32 or dynamically int8-quantised, with the teacher's pooling.
-
-    xmr's own ONNX backend (``SentenceTransformerEncoder(backend="onnx")``) goes through sentence-transformers'
-    ``backend="onnx"``, which needs optimum-onnx, and no optimum-onnx release imports with transformers 5 (see
-    pyproject's ``onnx`` extra). So this exports with ``torch.onnx.export`` (TorchScript exporter, opset 17,
-    dynamic batch and sequence axes) and quantises with ``onnxruntime.quantization.quantize_dynamic`` (int8
-    weights, activations quantised per batch at run time: optimum's dynamic preset without its CPU-specific
-    operator lists). Pooling is masked mean then L2 normalisation, the stack of the MiniLM encoders measured here;
-    other stacks are refused.
-    """
-
-    def __init__(self, teacher, folder: Path, int8: bool, threads: int, max_length: int | None = None) -> None:
-        import onnxruntime
-        import torch
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-
-        modules = list(teacher.model)
-        if not (isinstance(modules[1], Pooling) and modules[1].pooling_mode in ("mean", ["mean"], ("mean",))
-                and all(isinstance(module, Normalize) for module in modules[2:])):
-            raise SystemExit(f"OnnxEncoder handles transformer + mean pooling (+ normalize), not {modules}")
-        self.tokenizer = teacher.model.tokenizer
-        self.max_length = max_length or teacher.max_seq_length
-        self.batch_size = teacher.batch_size
-        network = modules[0].auto_model.eval()
-        sample = self.tokenizer(["a warm-up text", "two"], padding=True, return_tensors="pt")
-        self.inputs = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in sample]
-
-        class Hidden(torch.nn.Module):
-            def __init__(self, model):
-                super().__init__()
-                self.model = model
-
-            def forward(self, *tensors):
-                return self.model(**dict(zip(self.inputs_names, tensors, strict=True))).last_hidden_state
-
-        wrapper = Hidden(network)
-        wrapper.inputs_names = self.inputs
-        fp32 = folder / "model.onnx"
-        axes = {name: {0: "batch", 1: "tokens"} for name in [*self.inputs, "hidden"]}
-        torch.onnx.export(wrapper, tuple(sample[name] for name in self.inputs), str(fp32), input_names=self.inputs,
-                          output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
-        path = fp32
-        if int8:
-            path = folder / "model_int8.onnx"
-            quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Length-sorted batches (as sentence-transformers does), mean pooling over the mask, unit length."""
-        order = np.argsort([-len(text) for text in texts], kind="stable")
-        parts = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = [texts[i] for i in order[start:start + self.batch_size]]
-            tokens = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                                    return_tensors="np")
-            hidden = self.session.run(None, {name: tokens[name].astype(np.int64) for name in self.inputs})[0]
-            mask = tokens["attention_mask"][..., None].astype(np.float32)
-            pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
-            parts.append(pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12))
-        vectors = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
-        vectors[order] = np.concatenate(parts)
-        return vectors
 
 
 def file_order(encode: Callable[[Sequence[str]], np.ndarray], batch_size: int) -> Callable[[list[str]], np.ndarray]:
@@ -170,7 +104,7 @@ def wait_for_fast_queries(index, folder: Path | None, wait_s: float):
 
 def run_dataset(name: str, folder: Path, fast_folder: Path | None, test: Path, train: Path | None,
                 group_by: str | None, args: argparse.Namespace, scratch: Path) -> list[dict]:
-    lengths, threads, sample = args.lengths, args.threads, args.timing_sample
+    lengths, sample = args.lengths, args.timing_sample
     index = load_index(folder)
     teacher = index.encoder
     instances = read_instances(test)
@@ -217,14 +151,12 @@ def run_dataset(name: str, folder: Path, fast_folder: Path | None, test: Path, t
     score("torch, length-sorted batches of 128", "torch fp32", base_length, with_length(teacher, None),
           vectors_only_sample=True)
     teacher.batch_size = saved_batch
-    onnx_folder = scratch / f"{name}-onnx"
-    onnx_folder.mkdir(parents=True, exist_ok=True)
-    onnx = OnnxEncoder(teacher, onnx_folder, int8=True, threads=threads)
-    score("ONNX Runtime int8", "ONNX Runtime int8", base_length, onnx.encode_queries)
+    int8 = load_encoder(teacher.config() | {"backend": "onnx", "quantize": "int8"})
+    score("ONNX Runtime int8", "ONNX Runtime int8", base_length, with_length(int8, None))
     for length in lengths:
         if length < base_length:
-            onnx.max_length = length
-            score(f"ONNX Runtime int8, max_seq_length {length}", "ONNX Runtime int8", length, onnx.encode_queries)
+            score(f"ONNX Runtime int8, max_seq_length {length}", "ONNX Runtime int8", length,
+                  with_length(int8, length))
     if args.plain:
         started = time.perf_counter()
         plain = distill_static(teacher, scratch / f"{name}-static-plain")

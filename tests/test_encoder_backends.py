@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 import xmr
-from xmr.encoders import sentence_transformer as st_module
+from xmr.encoders import onnx_runtime as onnx_module
 from xmr.encoders.base import ENCODER_FILE
 from xmr.encoders.bundled import DEFAULT_TEXT_MODEL, resolve_model_location
 from xmr.errors import EncoderError, IndexFolderError
 from xmr.index.label_index import check_encoder
 
-ONNX_PROBLEM = st_module.onnx_backend_problem()
+ONNX_PROBLEM = onnx_module.onnx_backend_problem()
 needs_onnx = pytest.mark.skipif(ONNX_PROBLEM is not None, reason=f"ONNX backend unavailable: {ONNX_PROBLEM}")
 
 SENTENCES = [
@@ -54,7 +54,7 @@ def test_bad_backend_or_quantize_is_refused_naming_the_field(tiny_model, options
 
 
 def test_missing_onnx_runtime_says_what_to_install(tiny_model, monkeypatch):
-    monkeypatch.setattr(st_module, "onnx_backend_problem", lambda: "onnxruntime is not installed")
+    monkeypatch.setattr(onnx_module, "onnx_backend_problem", lambda: "onnxruntime is not installed")
     with pytest.raises(EncoderError, match=r"onnxruntime is not installed; pip install 'xmr\[onnx\]'"):
         xmr.load_encoder({"type": "sentence-transformers", "model": tiny_model, "backend": "onnx"})
 
@@ -71,20 +71,11 @@ def test_torch_config_records_backend_but_identity_matches_older_indexes(tiny_en
         check_encoder(tiny_encoder, int8_manifest, "int8-index")
 
 
-def test_quantized_file_name_follows_the_cpu(monkeypatch):
-    assert st_module.onnx_file_name(None) == "onnx/model.onnx"
-    assert st_module.quantization_preset() in st_module.QUANTIZED_SUFFIX
-    monkeypatch.setattr(st_module, "quantization_preset", lambda: "avx512_vnni")
-    assert st_module.onnx_file_name("int8") == "onnx/model_qint8_avx512_vnni.onnx"
-    monkeypatch.setattr(st_module, "quantization_preset", lambda: "avx2")
-    assert st_module.onnx_file_name("int8") == "onnx/model_quint8_avx2.onnx"
-
-
 def test_exports_of_installed_models_go_under_the_xmr_cache_root(tmp_path, monkeypatch):
     monkeypatch.setenv("XMR_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # not xmr's: ignored
     bundled = resolve_model_location(DEFAULT_TEXT_MODEL)
-    root = st_module.export_root(DEFAULT_TEXT_MODEL, bundled, st_module.source_fingerprint(bundled))
+    root = onnx_module.export_root(DEFAULT_TEXT_MODEL, bundled, onnx_module.source_fingerprint(bundled))
     assert root.parent == tmp_path / "cache" / "onnx" and root.name.startswith("all-MiniLM-L6-v2-")
 
 
@@ -99,12 +90,12 @@ def model_copy(tiny_model, tmp_path, monkeypatch) -> Path:
 def test_local_folder_export_is_cached_inside_it_and_redone_after_retraining(model_copy, tmp_path):
     config = {"type": "sentence-transformers", "model": str(model_copy), "backend": "onnx", "quantize": "int8"}
     encoder = xmr.load_encoder(config, device="cpu")
-    assert encoder.onnx_root == model_copy and encoder.onnx_file == st_module.onnx_file_name("int8")
+    assert encoder.onnx_root == model_copy and encoder.onnx_file == "onnx/model_qint8.onnx"
     exported = onnx_files(model_copy)
-    assert set(exported) == {"onnx/model.onnx", encoder.onnx_file}
+    assert set(exported) == {"onnx/model.onnx", "onnx/model_qint8.onnx"}
     assert not (tmp_path / "cache").exists()
     assert not [path.name for path in model_copy.iterdir() if path.name.startswith(".xmr-onnx-export-")]
-    stamp = json.loads((model_copy / "onnx" / st_module.EXPORT_STAMP).read_text())
+    stamp = json.loads((model_copy / "onnx" / onnx_module.EXPORT_STAMP).read_text())
     assert set(stamp) == {"model.onnx", Path(encoder.onnx_file).name}
 
     again = xmr.load_encoder(config, device="cpu")  # no re-export
@@ -115,6 +106,22 @@ def test_local_folder_export_is_cached_inside_it_and_redone_after_retraining(mod
     torch_encoder.model.save(str(model_copy))  # "retrained" weights written into the same folder
     xmr.load_encoder(config, device="cpu")
     assert onnx_files(model_copy)[encoder.onnx_file] != exported[encoder.onnx_file]
+
+
+@needs_onnx
+def test_onnx_runs_the_same_module_stack_as_torch(model_copy):
+    """Only the network moves to ONNX Runtime (prompts, pooling, normalisation stay sentence-transformers'): fp32
+    gives torch's vectors, prompted as on torch, and int8 close ones that are not the same."""
+    options = {"type": "sentence-transformers", "model": str(model_copy), "query_prompt": "query: "}
+    torch_encoder = xmr.load_encoder(options, device="cpu")
+    fp32 = xmr.load_encoder(options | {"backend": "onnx"}, device="cpu")
+    int8 = xmr.load_encoder(options | {"backend": "onnx", "quantize": "int8"}, device="cpu")
+    for side in ("encode_queries", "encode_labels"):
+        np.testing.assert_allclose(getattr(fp32, side)(SENTENCES), getattr(torch_encoder, side)(SENTENCES),
+                                   atol=1e-5)
+    assert not np.allclose(fp32.encode_queries(SENTENCES), fp32.encode_labels(SENTENCES), atol=1e-3)
+    expected, quantized = torch_encoder.encode_queries(SENTENCES), int8.encode_queries(SENTENCES)
+    assert np.all(cosines(quantized, expected) > 0.9) and not np.allclose(quantized, expected, atol=1e-4)
 
 
 @needs_onnx
