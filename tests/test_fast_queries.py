@@ -9,10 +9,11 @@ from conftest import label_records
 
 import xmr
 from xmr.cli import main
+from xmr.encoders.onnx_runtime import onnx_backend_problem
 from xmr.encoders.static import StaticEmbeddingEncoder, write_static_files
 from xmr.errors import EncoderError, IndexFolderError, XMRError
 from xmr.index import build_index, load_index
-from xmr.index.fast_queries import FILES, SECTION
+from xmr.index.fast_queries import FILES, SECTION, onnx_int8_queries
 
 QUERIES = ["python sql data", "forklift driving warehouse", "kitchen food repair"]
 
@@ -72,7 +73,7 @@ def test_folder_with_fast_queries_round_trips(index, tiny_encoder, tmp_path):
 
 def test_mismatched_fast_query_encoder_is_refused(index, tiny_encoder, tmp_path):
     other_teacher = tiny_encoder.identity() | {"query_prompt": "query: "}
-    with pytest.raises(IndexFolderError, match="distilled from another encoder.*query_prompt"):
+    with pytest.raises(IndexFolderError, match="made from another encoder.*query_prompt"):
         index.attach_fast_queries(static_from(tiny_encoder, tmp_path / "other", distilled_from=other_teacher))
     with pytest.raises(IndexFolderError, match="dim 32, the encoder gives 16"):
         index.attach_fast_queries(static_from(tiny_encoder, tmp_path / "small", dim=16))
@@ -89,7 +90,7 @@ def test_mismatched_fast_query_encoder_is_refused(index, tiny_encoder, tmp_path)
     manifest["manifest_sha256"] = manifest_digest(manifest)
     path.write_text(json.dumps(manifest))
     assert load_index(index.path).search(QUERIES, k=3).ids.shape == (3, 3)  # the index itself still opens
-    with pytest.raises(IndexFolderError, match="distilled from another encoder.*max_seq_length"):
+    with pytest.raises(IndexFolderError, match="made from another encoder.*max_seq_length"):
         load_index(index.path, fast_queries=True)
 
 
@@ -139,3 +140,41 @@ def test_fast_queries_refuse_other_teachers(tiny_encoder, tmp_path):
         distill_static(static_from(tiny_encoder, tmp_path / "s"), tmp_path / "out")
     with pytest.raises(XMRError):
         load_index(tmp_path / "missing", fast_queries=True)
+
+
+@pytest.fixture
+def own_model_index(tiny_model, tmp_path, monkeypatch):
+    """An index whose encoder is a copy of the tiny model (ONNX exports go inside the copy, not the shared one)."""
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path / "cache"))
+    encoder = xmr.load_encoder(str(shutil.copytree(tiny_model, tmp_path / "model")), device="cpu")
+    return build_index(xmr.LabelCatalogue.from_records(label_records(60)), encoder, tmp_path / "index")
+
+
+@pytest.mark.skipif(onnx_backend_problem() is not None, reason=f"ONNX backend: {onnx_backend_problem()}")
+def test_onnx_int8_fast_queries_are_the_encoder_quantised_and_truncated(own_model_index, tmp_path):
+    index = own_model_index
+    assert main(["fast-queries", str(index.path), "--method", "onnx-int8", "--max-seq-length", "8",
+                 "--out", str(tmp_path / "int8")]) == 0
+    reopened = load_index(tmp_path / "int8", fast_queries=True)
+    fast = reopened.fast_query_encoder
+    assert (fast.backend, fast.quantize, fast.max_seq_length) == ("onnx", "int8", 8)
+    assert reopened.manifest[SECTION]["method"] == "onnx-int8" and reopened.manifest[SECTION]["files"] == []
+    queries = [" ".join([query] * 5) for query in QUERIES]  # 15 words: the 8-token limit cuts them
+    teacher = index.encoder.encode_queries(queries)
+    untruncated = onnx_int8_queries(index.encoder).encode_queries(queries)
+    truncated = reopened.encode_queries(queries).values
+    assert np.all(np.sum(untruncated * teacher, axis=1) > 0.9) and not np.allclose(untruncated, teacher, atol=1e-4)
+    assert not np.allclose(truncated, untruncated, atol=1e-3)
+    np.testing.assert_array_equal(reopened.search(queries, k=5).ids,
+                                  reopened.search_embeddings(truncated, k=5).ids)
+    assert reopened.describe()["query_encoder"]["quantize"] == "int8"
+
+
+@pytest.mark.skipif(onnx_backend_problem() is not None, reason=f"ONNX backend: {onnx_backend_problem()}")
+def test_onnx_int8_fast_queries_of_another_encoder_are_refused(own_model_index, capsys):
+    index = own_model_index
+    other = xmr.load_encoder(index.encoder.config() | {"query_prompt": "query: "})
+    with pytest.raises(IndexFolderError, match="made from another encoder.*differs in: query_prompt"):
+        index.attach_fast_queries(onnx_int8_queries(other))
+    assert main(["fast-queries", str(index.path), "--method", "onnx-int8", "--corpus", "train.jsonl"]) == 2
+    assert "onnx-int8 fast queries are not fitted" in capsys.readouterr().err

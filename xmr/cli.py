@@ -39,7 +39,7 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mmap", action="store_true", help="memory-map the index (fast open, shared pages)")
     parser.add_argument("--search-device", help="search on a GPU, e.g. cuda (faiss-gpu, or exact torch search)")
     parser.add_argument("--fast-queries", action="store_true",
-                        help="encode queries with the index's static query encoder (made by xmr fast-queries)")
+                        help="encode queries with the index's fast query encoder (made by xmr fast-queries)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow an encoder whose config sets trust_remote_code to run its model folder's Python "
                              "code, for this run only (an index folder cannot allow it by itself)")
@@ -237,18 +237,34 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_fast_queries(args: argparse.Namespace) -> None:
-    """Distil the index's encoder into static embeddings (fitted on --corpus) and store them in the index."""
+    """Make a fast query encoder from the index's encoder and record it in the index: static embeddings distilled
+    and fitted on --corpus, or the encoder on ONNX Runtime int8 (--method onnx-int8)."""
     import tempfile
     import time
 
-    from xmr.encoders.distill import distill_static
     from xmr.index import load_index
-    from xmr.io.readers import corpus_texts
+    from xmr.index.fast_queries import onnx_int8_queries
 
     index = load_index(args.index, trust_remote_code=args.trust_remote_code)
+    started = time.perf_counter()
+    if args.method == "onnx-int8":
+        if args.corpus:
+            raise XMRError("--corpus: onnx-int8 fast queries are not fitted (the corpus is for --method static)")
+        encoder = onnx_int8_queries(index.encoder, args.max_seq_length)
+        index.attach_fast_queries(encoder)
+        index.save(args.out or args.index)
+        print(f"fast queries for {args.out or args.index}: {index.encoder.type_name} on ONNX Runtime int8, "
+              f"{encoder.max_seq_length} tokens per query, in {time.perf_counter() - started:.0f} s; query with "
+              "--fast-queries")
+        return
+    from xmr.encoders.distill import distill_static
+    from xmr.io.readers import corpus_texts
+
+    if args.max_seq_length:
+        raise XMRError("--max-seq-length: static fast queries read up to 512 tokens at no cost (it is for "
+                       "--method onnx-int8)")
     texts = [text for path in args.corpus or () for text in corpus_texts(Path(path), args.text_field)]
     texts = texts[:args.corpus_limit] if args.corpus_limit else texts
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=".xmr-fast-queries-") as folder:
         encoder = distill_static(index.encoder, folder, texts, max_epochs=args.max_epochs)
         index.attach_fast_queries(encoder)
@@ -395,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_query_options(evaluation)
     evaluation.set_defaults(run=cmd_eval)
 
-    fast = commands.add_parser("fast-queries", help="distil the index's encoder into a static query encoder "
-                               "stored in the index (xmr query/eval --fast-queries)")
+    fast = commands.add_parser("fast-queries", help="make a fast query encoder from the index's encoder (static "
+                               "embeddings, or ONNX int8) and record it in the index (xmr query/eval --fast-queries)")
     fast.add_argument("index", help="index folder built with a sentence-transformers encoder")
     fast.add_argument("--corpus", nargs="+", metavar="FILE",
                       help="query-like texts to fit to the encoder's vectors (JSONL/CSV/Parquet records with a "
@@ -404,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--text-field", default="text", help="record field holding the text (default: text)")
     fast.add_argument("--corpus-limit", type=int, help="fit on the first N corpus texts only (the encoder's vectors "
                       "of the corpus are the cost)")
+    fast.add_argument("--method", choices=("static", "onnx-int8"), default="static",
+                      help="static: model2vec token embeddings fitted on --corpus (no transformer at query time); "
+                           "onnx-int8: the encoder itself on ONNX Runtime with int8 weights (default: static)")
+    fast.add_argument("--max-seq-length", type=int, help="onnx-int8: read at most this many tokens per query")
     fast.add_argument("--max-epochs", type=int, default=30, help="fitting epochs at most (early stopping)")
     fast.add_argument("--out", help="write the index with fast queries here instead of in place")
     fast.add_argument("--trust-remote-code", action="store_true", help="as for xmr query")

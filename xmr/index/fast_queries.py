@@ -1,17 +1,23 @@
-"""Fast queries: an index folder may carry a static query encoder distilled from its own encoder.
+"""Fast queries: an index folder may carry a cheaper query encoder whose vectors live in its encoder's space.
 
 The index keeps its encoder (labels are still encoded, added and checked with it); queries can instead go through
-static token embeddings (:mod:`xmr.encoders.static`, made by :func:`xmr.encoders.distill.distill_static`), whose
-vectors live in the same space, at a fraction of the cost. The folder holds::
+one of two query encoders made from it (``xmr fast-queries INDEX --method ...``), at a fraction of the cost:
 
-    fast_queries.safetensors      the token table (tensor ``embeddings``), checksummed like every file
-    fast_queries.tokenizer.json   its tokenizer
-    manifest.json                 section ``fast_queries``: the static encoder's identity (vectors SHA-256, dim,
-                                  normalisation, what it was distilled from and how)
+- ``static``: static token embeddings (:mod:`xmr.encoders.static`, made by :func:`xmr.encoders.distill.distill_static`,
+  fitted to the encoder's vectors of a corpus): no transformer at query time. The folder holds::
 
-A table is attached only if it was distilled from this index's encoder (``distilled_from`` equals the manifest's
-encoder) and gives vectors of the index's kind, size and metric; the same checks run when a folder is opened, so a
-folder whose section names another teacher is refused. Trade-off measured in ``eval/bench/fast-queries/``.
+      fast_queries.safetensors      the token table (tensor ``embeddings``), checksummed like every file
+      fast_queries.tokenizer.json   its tokenizer
+
+- ``onnx-int8``: the index's own sentence-transformers encoder on ONNX Runtime with int8 weights
+  (:mod:`xmr.encoders.onnx_runtime`), optionally truncating queries at a shorter ``max_seq_length``. Nothing is
+  stored in the folder: the export is derived from the encoder's model and cached beside it.
+
+Section ``fast_queries`` of the manifest records the method and the query encoder's identity. A query encoder is
+attached only if it was made from this index's encoder (a static table's ``distilled_from`` equals the manifest's
+encoder; an ONNX variant differs from it only in backend, quantisation and query length) and gives vectors of the
+index's kind, size and metric; the same checks run when a folder is opened, so a folder whose section names
+another encoder is refused. Trade-off measured in ``eval/bench/fast-queries/``.
 """
 
 from __future__ import annotations
@@ -21,39 +27,87 @@ from pathlib import Path
 from typing import Any
 
 from xmr.encoders import Encoder, load_encoder
-from xmr.errors import IndexFolderError
+from xmr.encoders.sentence_transformer import SentenceTransformerEncoder
+from xmr.encoders.static import StaticEmbeddingEncoder
+from xmr.errors import EncoderError, IndexFolderError
 
 SECTION = "fast_queries"
 FILES = {"vectors": "fast_queries.safetensors", "tokenizer": "fast_queries.tokenizer.json"}
+METHODS = ("static", "onnx-int8")
+VARIANT_KEYS = ("backend", "quantize", "max_seq_length")  # what an ONNX query variant may change in the encoder
+
+
+def onnx_int8_queries(encoder: Encoder, max_seq_length: int | None = None) -> SentenceTransformerEncoder:
+    """The index's encoder on ONNX Runtime int8 (method ``onnx-int8``), reading at most ``max_seq_length`` tokens
+    per query (None: the encoder's own length)."""
+    if not isinstance(encoder, SentenceTransformerEncoder) or encoder.backend != "torch":
+        raise EncoderError(f"onnx-int8 fast queries run a sentence-transformers encoder on backend 'torch', not "
+                           f"{getattr(encoder, 'type_name', type(encoder).__name__)!r}")
+    length = {"max_seq_length": max_seq_length} if max_seq_length else {}
+    return load_encoder(encoder.config() | {"backend": "onnx", "quantize": "int8"} | length)
+
+
+def method_of(encoder: Encoder) -> str:
+    if isinstance(encoder, StaticEmbeddingEncoder):
+        return "static"
+    if isinstance(encoder, SentenceTransformerEncoder) and (encoder.backend, encoder.quantize) == ("onnx", "int8"):
+        return "onnx-int8"
+    raise EncoderError(f"a fast query encoder is static embeddings or an ONNX int8 sentence-transformers encoder, "
+                       f"not {getattr(encoder, 'type_name', type(encoder).__name__)!r}")
+
+
+def source_differences(encoder: Encoder, manifest: Mapping[str, Any]) -> list[str] | None:
+    """The identity keys in which the encoder ``encoder`` was made from differs from the index's (None: none
+    recorded)."""
+    teacher = dict(manifest["encoder"])
+    if method_of(encoder) == "static":
+        recorded = getattr(encoder, "distilled_from", None)
+        if recorded is None:
+            return None
+        source = dict(recorded)
+    else:
+        source = {key: value for key, value in encoder.identity().items() if key not in VARIANT_KEYS}
+        teacher = {key: value for key, value in teacher.items() if key not in VARIANT_KEYS}
+    return sorted(key for key in source.keys() | teacher.keys() if source.get(key) != teacher.get(key))
 
 
 def check_fast_encoder(encoder: Encoder, manifest: Mapping[str, Any], where: Path | str | None) -> None:
-    """Refuse a fast query encoder not distilled from this index's encoder, or giving other vectors."""
+    """Refuse a fast query encoder not made from this index's encoder, or giving other vectors."""
     from xmr.index.label_index import check_representation
 
     check_representation(encoder, manifest, where)
-    teacher = {key: value for key, value in manifest["encoder"].items()}
-    recorded = getattr(encoder, "distilled_from", None)
-    if recorded != teacher:
-        keys = sorted(key for key in (recorded or {}).keys() | teacher.keys()
-                      if (recorded or {}).get(key) != teacher.get(key))
-        raise IndexFolderError(f"{where}: the fast query encoder was distilled from another encoder than this "
-                               f"index's (differs in: {', '.join(keys) or 'no teacher recorded'}); distil it from "
-                               "the index's encoder (xmr fast-queries INDEX --corpus FILE)")
+    differences = source_differences(encoder, manifest)
+    if differences != []:
+        raise IndexFolderError(f"{where}: the fast query encoder was made from another encoder than this index's "
+                               f"(differs in: {', '.join(differences or []) or 'no source recorded'}); make it "
+                               "from the index's encoder (xmr fast-queries INDEX)")
 
 
 def section(encoder: Encoder) -> dict[str, Any]:
-    """The manifest section for ``encoder``: its identity, with the folder's file names."""
-    return {"files": list(FILES.values()), "encoder": encoder.identity()}
+    """The manifest section for ``encoder``: its method and identity, with the folder's file names."""
+    method = method_of(encoder)
+    return {"method": method, "files": list(FILES.values()) if method == "static" else [],
+            "encoder": encoder.identity()}
+
+
+def write_fast_files(encoder: Encoder, folder: Path) -> None:
+    """The files the folder keeps for ``encoder`` (a static table; nothing for an ONNX variant)."""
+    if method_of(encoder) == "static":
+        encoder.write_files(folder, FILES["vectors"], FILES["tokenizer"])
 
 
 def open_fast_encoder(path: Path, manifest: Mapping[str, Any]) -> Encoder:
-    """The static query encoder stored in an index folder, checked against the index."""
+    """The fast query encoder an index folder records, checked against the index."""
     stored = manifest.get(SECTION)
     if not isinstance(stored, Mapping) or not isinstance(stored.get("encoder"), Mapping):
-        raise IndexFolderError(f"{path}: this index has no fast query encoder; add one with "
-                               "xmr fast-queries INDEX --corpus FILE")
-    config = dict(stored["encoder"]) | {key: str(path / name) for key, name in FILES.items()}
+        raise IndexFolderError(f"{path}: this index has no fast query encoder; add one with xmr fast-queries INDEX")
+    method = stored.get("method", "static")  # folders written before ONNX variants existed hold static tables
+    if method not in METHODS:
+        raise IndexFolderError(f"{path}: manifest field fast_queries.method is {method!r}, not one of "
+                               f"{', '.join(METHODS)}")
+    config = dict(stored["encoder"])
+    if method == "static":
+        config |= {key: str(path / name) for key, name in FILES.items()}
     encoder = load_encoder(config)
     check_fast_encoder(encoder, manifest, path)
     return encoder

@@ -28,9 +28,8 @@ from xmr.catalogue import LabelCatalogue, LabelId
 from xmr.encoders import Encoder, load_encoder
 from xmr.errors import CatalogueError, IndexFolderError, UnsupportedOperation, XMRError
 from xmr.index import faiss_ops
-from xmr.index.fast_queries import FILES as FAST_FILES
 from xmr.index.fast_queries import SECTION as FAST_SECTION
-from xmr.index.fast_queries import check_fast_encoder, open_fast_encoder
+from xmr.index.fast_queries import check_fast_encoder, open_fast_encoder, write_fast_files
 from xmr.index.fast_queries import section as fast_section
 from xmr.index.folder import read_manifest, refuse_foreign, verify_files, write_index_folder
 from xmr.index.recipes import IndexRecipe, auto_recipe, load_recipe, parse_memory
@@ -69,7 +68,7 @@ class LabelIndex(EncodedPredictor):
         self.read_only = read_only  # opened memory-mapped: stage data is not writable
         self.trust_remote_code = trust_remote_code  # the caller's permission for this process, never the folder's
         self.device_search: Any = None  # the candidate stage placed on a GPU, see to_device()
-        self._fast_encoder: Encoder | None = None  # the static query encoder (xmr.index.fast_queries), if any
+        self._fast_encoder: Encoder | None = None  # the fast query encoder (xmr.index.fast_queries), if any
         self.fast_queries = False  # queries go through it (use_fast_queries)
 
     # ---- properties ---------------------------------------------------------------------------------------
@@ -109,7 +108,7 @@ class LabelIndex(EncodedPredictor):
 
     @property
     def fast_query_encoder(self) -> Encoder:
-        """The static query encoder stored in the folder (or attached), loaded on first use."""
+        """The fast query encoder the folder records (or attached), loaded on first use."""
         if self._fast_encoder is None:
             if self.path is None:
                 raise XMRError("this index has no fast query encoder; attach one with attach_fast_queries")
@@ -117,7 +116,7 @@ class LabelIndex(EncodedPredictor):
         return self._fast_encoder
 
     def attach_fast_queries(self, encoder: Encoder) -> None:
-        """Store ``encoder`` (distilled from this index's encoder) as the fast query path; ``save()`` writes it."""
+        """Store ``encoder`` (made from this index's encoder) as the fast query path; ``save()`` records it."""
         check_fast_encoder(encoder, self.manifest, self.path or "this index")
         self._fast_encoder = encoder
         self.manifest[FAST_SECTION] = fast_section(encoder)
@@ -273,7 +272,7 @@ class LabelIndex(EncodedPredictor):
             for stage in [self.candidates, *self.rerankers]:
                 stage.write(folder)
             if FAST_SECTION in self.manifest:
-                self.fast_query_encoder.write_files(folder, FAST_FILES["vectors"], FAST_FILES["tokenizer"])
+                write_fast_files(self.fast_query_encoder, folder)
             body = {key: value for key, value in self.manifest.items()
                     if key not in ("format", "format_version", "written_at", "files")}
             body["xmr_version"] = __version__
@@ -473,7 +472,7 @@ def load_index(path: str | Path, encoder: Encoder | str | Mapping[str, Any] | No
     takes to read its labels, and processes share its pages; it is then read-only. Stored re-rank vectors are
     always memory-mapped. An encoder config in the folder that sets ``trust_remote_code`` is refused unless the
     caller passes ``trust_remote_code=True``: what a folder says never decides whether code runs.
-    ``fast_queries=True`` encodes queries with the folder's static query encoder (``xmr.index.fast_queries``).
+    ``fast_queries=True`` encodes queries with the folder's fast query encoder (``xmr.index.fast_queries``).
     """
     path = Path(path)
     recover(path)  # what a killed writer of this folder left beside it
