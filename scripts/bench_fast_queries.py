@@ -14,7 +14,7 @@ Writes OUT/{results.csv, report.md}.
 
 Variants: torch at the index's ``max_seq_length`` (the baseline) and shorter ones; length-bucketed batching
 (sentence-transformers sorts each ``encode`` call by length: the baseline) against file-order batches and larger
-sorted batches; ONNX Runtime dynamic int8 (xmr's ``backend="onnx", quantize="int8"``: ``xmr.encoders.onnx_runtime``,
+sorted batches; ONNX Runtime dynamic int8 (``xmr fast-queries --method onnx-int8``: ``xmr.encoders.onnx_runtime``,
 exported into the encoder's model folder once); static embeddings distilled with model2vec
 without fitting, and the index's fitted fast query encoder; and combinations (int8 with a shorter length, static
 with a shorter length).
@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xmr.datasets import read_instances  # noqa: E402
-from xmr.encoders import load_encoder  # noqa: E402
 from xmr.encoders.distill import distill_static  # noqa: E402
 from xmr.evaluation import evaluate  # noqa: E402
 from xmr.index import load_index  # noqa: E402
+from xmr.index.fast_queries import onnx_int8_queries  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 REUTERS = DATA / "reuters21578-modapte"
@@ -151,7 +151,7 @@ def run_dataset(name: str, folder: Path, fast_folder: Path | None, test: Path, t
     score("torch, length-sorted batches of 128", "torch fp32", base_length, with_length(teacher, None),
           vectors_only_sample=True)
     teacher.batch_size = saved_batch
-    int8 = load_encoder(teacher.config() | {"backend": "onnx", "quantize": "int8"})
+    int8 = onnx_int8_queries(teacher)  # what xmr fast-queries --method onnx-int8 records
     score("ONNX Runtime int8", "ONNX Runtime int8", base_length, with_length(int8, None))
     for length in lengths:
         if length < base_length:
