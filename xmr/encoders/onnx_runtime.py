@@ -149,7 +149,8 @@ def onnx_runtime_network(path: Path, config: Any, threads: int) -> torch.nn.Modu
 
         def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
             feed = {name: np.ascontiguousarray(inputs[name].cpu().numpy(), dtype=np.int64) for name in names}
-            return {HIDDEN_OUTPUT: torch.from_numpy(session.run([HIDDEN_OUTPUT], feed)[0])}
+            hidden = torch.from_numpy(session.run([HIDDEN_OUTPUT], feed)[0])
+            return {HIDDEN_OUTPUT: hidden.to(inputs["attention_mask"].device)}  # where pooling reads the mask
 
     return OnnxRuntimeNetwork()
 
