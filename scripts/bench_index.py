@@ -56,7 +56,7 @@ COLUMNS = ("system", "recipe", "params", "n", "build_s", "index_bytes", "rss_mb"
 EF_SWEEP = [16, 32, 64, 128, 256, 512]
 NPROBE_SWEEP = [4, 8, 16, 32, 64, 128, 256]
 PEERS = ("hnswlib", "pecos", "usearch", "voyager", "glass", "ngt", "scann")
-COMPRESSED = ("ivf-sq8", "ivf-pq", "ivf-pq-refine", "ivf-pq-refine-sq4")  # recipes for the 1/4-of-Flat target
+COMPRESSED = ("ivf-sq8", "ivf-sq6", "ivf-pq", "ivf-pq-refine", "ivf-pq-refine-sq4")  # recipes for the 1/4-of-Flat target
 
 
 def read_corpus(n: int) -> tuple[list[str], list[str]]:
@@ -384,6 +384,7 @@ def xmr_plans(labels: np.ndarray, m_values: list[int]) -> list[tuple[IndexRecipe
                                                                                                    256)]
     return [*hnsw, (PRESETS["hnsw32-sq8-refine"], refine_ef, {}),
             (PRESETS["ivf-sq8"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
+            (PRESETS["ivf-sq6"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
             (PRESETS["ivf-pq"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
             (PRESETS["ivf-pq-refine"], refine_ivf, {}),
             (IndexRecipe("ivf-pq-refine-sq4", "IVF{nlist},PQ{m4}x4fs,Refine(SQ4)"), refine_ivf, {}),

@@ -67,6 +67,8 @@ def test_auto_picks_by_size_and_budget_and_says_why():
     assert auto_recipe(2_000_000, 384).factory == "HNSW32"
     sq8 = auto_recipe(2_000_000, 384, max_memory=parse_memory("1GB"))
     assert sq8.factory.endswith("SQ8") and "does not fit" in sq8.reason and "1.00 GB" in sq8.reason
+    sq6 = auto_recipe(2_000_000, 384, max_memory=parse_memory("700MB"))  # SQ8 needs 0.78 GB, SQ6 0.59 GB
+    assert sq6.factory.endswith("SQ6") and "8-bit codes do not fit" in sq6.reason
     pq = auto_recipe(2_000_000, 384, max_memory=parse_memory("300MB"))
     assert "PQ" in pq.factory and pq.rerank > 0
     assert bytes_per_vector(pq.resolved(2_000_000, 384).factory, 384) * 2_000_000 <= 300e6
@@ -100,7 +102,7 @@ def test_presets_are_package_data_found_from_any_working_directory(tmp_path):
     assert done.stdout.strip() == "HNSW32 {'efConstruction': 200} {'efSearch': 128}"
 
 
-@pytest.mark.parametrize("name", ["hnsw32", "ivf-sq8", "ivf-pq", "opq-ivf-pq"])
+@pytest.mark.parametrize("name", ["hnsw32", "ivf-sq8", "ivf-sq6", "ivf-pq", "opq-ivf-pq"])
 def test_presets_build_search_and_round_trip(name, tmp_path):
     labels, queries = clustered(n=1500 if name.startswith("opq") else 4000)  # OPQ trains 8-bit PQs: keep it small
     truth = exact_top(labels, queries)
