@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import sys
 import tempfile
@@ -187,8 +188,9 @@ def write_dataset(rows: list[dict], out: Path, dataset: str, args: argparse.Name
     queries = f"a seeded sample of {args.queries} test queries" if args.queries else "every test query"
     (out / f"{dataset}.md").write_text(
         f"{dataset}: `{command}`; {queries}; {args.threads} thread(s) for every library (torch.set_num_threads, "
-        f"ONNX Runtime intra-op, model2vec in-process); torch {torch.__version__}, {platform.machine()}. Batching "
-        f"rows are timed on the first {args.timing_sample} of those queries.\n", encoding="utf-8")
+        f"ONNX Runtime intra-op, model2vec in-process); torch {torch.__version__}, {platform.machine()}; load "
+        f"average before the run {args.load_before}. Batching rows are timed on the first {args.timing_sample} of "
+        "those queries.\n", encoding="utf-8")
     write_report(out)
 
 
@@ -204,7 +206,7 @@ def write_report(out: Path) -> None:
         writer.writerows(rows)
     lines = ["# Fast query paths: queries/s and quality against today's torch encoder", "",
              "Speed-up = queries/s over the dataset's first row (today's torch encoder), measured in the same run on "
-             "a 2-core machine shared with other jobs (absolute queries/s vary with the load, ratios are within one "
+             "a 2-core machine (the load average before each run is in its settings line; ratios are within one "
              "run). Cosine: mean cosine of each variant's query vectors to the baseline's. Quality in percent, on "
              "the same queries and index for every row.", ""]
     for dataset in dict.fromkeys(row["dataset"] for row in rows):
@@ -243,6 +245,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    args.load_before = " / ".join(f"{value:.1f}" for value in os.getloadavg())
     command = "python scripts/bench_fast_queries.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="xmr-bench-fast-") as scratch:
         if args.reuters:
