@@ -178,3 +178,5 @@ def test_onnx_int8_fast_queries_of_another_encoder_are_refused(own_model_index, 
         index.attach_fast_queries(onnx_int8_queries(other))
     assert main(["fast-queries", str(index.path), "--method", "onnx-int8", "--corpus", "train.jsonl"]) == 2
     assert "onnx-int8 fast queries are not fitted" in capsys.readouterr().err
+    assert main(["fast-queries", str(index.path), "--max-seq-length", "8"]) == 2  # static reads 512 tokens anyway
+    assert "it is for --method onnx-int8" in capsys.readouterr().err
