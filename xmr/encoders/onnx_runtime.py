@@ -108,11 +108,12 @@ def export_network(model: SentenceTransformer, model_name: str, folder: Path, qu
     names = tuple(name for name in NETWORK_INPUTS if name in sample)
     fp32 = folder / ONNX_FILES[None]
     axes = {name: {0: "batch", 1: "tokens"} for name in (*names, HIDDEN_OUTPUT)}
+    device = next(network.parameters()).device  # trace where the weights are
     was_training = network.training
     network.eval()
     try:
         with quiet_export(), torch.no_grad():
-            torch.onnx.export(hidden_states_module(network, names), tuple(sample[name].cpu() for name in names),
+            torch.onnx.export(hidden_states_module(network, names), tuple(sample[name].to(device) for name in names),
                               str(fp32), input_names=list(names), output_names=[HIDDEN_OUTPUT], dynamic_axes=axes,
                               opset_version=OPSET, dynamo=False)
     finally:
