@@ -56,7 +56,8 @@ COLUMNS = ("system", "recipe", "params", "n", "build_s", "index_bytes", "rss_mb"
 EF_SWEEP = [16, 32, 64, 128, 256, 512]
 NPROBE_SWEEP = [4, 8, 16, 32, 64, 128, 256]
 PEERS = ("hnswlib", "pecos", "usearch", "voyager", "glass", "ngt", "scann")
-COMPRESSED = ("ivf-sq8", "ivf-sq6", "ivf-pq", "ivf-pq-refine", "ivf-pq-refine-sq4")  # recipes for the 1/4-of-Flat target
+# recipes for the 1/4-of-Flat target
+COMPRESSED = ("ivf-sq8", "ivf-sq6", "ivf-pq", "ivf-pq-refine", "ivf-pq-refine-sq4")
 
 
 def read_corpus(n: int) -> tuple[list[str], list[str]]:
