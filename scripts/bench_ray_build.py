@@ -169,7 +169,9 @@ def main() -> None:
     encoder = xmr.load_encoder("all-MiniLM-L6-v2")
     queries = encoder.encode_queries(query_texts)
     chunks = [np.load(path, mmap_mode="r") for path in sorted(CACHE.glob("labels-[0-9][0-9][0-9].npy"))]
-    chunks = chunks[:-(-args.n // 50_000)]  # the 50k-row chunks that cover --n, no more
+    from bench_index import CHUNK  # scripts/bench_index.py writes the cache in chunks of this many rows
+
+    chunks = chunks[:-(-args.n // CHUNK)]  # the chunks that cover --n, no more
     cached = sum(len(chunk) for chunk in chunks) >= args.n  # the same MiniLM label vectors, float32
     vectors = np.concatenate(chunks)[:args.n] if cached else encoder.encode_labels(
         [row["text"] for row in catalogue_rows])
