@@ -438,6 +438,9 @@ def aggregate(out: Path) -> None:
                   "the ranking (P@k) is the same. Tuned thresholds: {}; setfit train seconds: {}.".format(
                       ", ".join(f"k{run['shots']}-s{run['seed']} {run['threshold']:.3f}" for run in peers),
                       ", ".join(f"k{run['shots']}-s{run['seed']} {run['train_seconds']:.0f}" for run in peers))]
+    lines += ["", "Seconds are wall time on 2 shared CPU cores and depend on what else ran: the 8- and 16-shot runs "
+              "(ours and setfit's) shared the cores with other jobs (load 30 to 55), the 32-shot setfit runs had "
+              "them to themselves; compare seconds only between runs of the same k."]
     if large:
         budget = large[0]
         lines += ["", f"## A larger budget: {budget['steps_budget']} pair steps per branch, {budget['max_length']} "
