@@ -208,6 +208,33 @@ def test_a_task_registered_outside_xmr_trains_through_the_loop(tmp_path, monkeyp
     assert kept.name == "step-0000100" and set(load_file(kept / "weights.safetensors")) == {"toy-weights.0"}
 
 
+class SlowLeastSquares(LeastSquares):
+    """The toy task at >= 10 ms a step, 100 steps on a linear schedule, capped at 0.3 s of steps."""
+
+    def settings(self):
+        return LoopSettings(batches_per_epoch=8, max_steps=100, warmup=0.1, max_seconds=0.3)
+
+    def forward(self, position, rng):
+        time.sleep(0.01)
+        return super().forward(position, rng)
+
+
+def test_max_seconds_caps_the_steps_and_stretches_the_schedule_to_them(tmp_path, monkeypatch):
+    monkeypatch.setitem(TASKS, "least-squares", SlowLeastSquares)
+    recipe = {"name": "toy", "method": "least-squares", "output": str(tmp_path / "runs"), "toy": {"lr": 0.1},
+              "checkpoint": {"every": 1000, "keep": 1}}
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
+    summary = train(tmp_path / "toy.yaml", say=lambda message: None)
+    budget = summary["time_budget"]
+    assert budget["steps_of_the_schedule"] == 100 and budget["measured_step_seconds"] >= 0.01
+    assert 5 <= summary["steps"] == budget["steps_allowed"] <= 30
+    log = [json.loads(line) for line in (tmp_path / "runs/toy/log.jsonl").read_text().splitlines()]
+    rates = [entry["lr"]["toy-weights"] for entry in log]
+    assert len(rates) == summary["steps"] and rates[-1] == 0.0  # the linear decay ends at the capped count
+    decay = rates[5:]
+    assert rates[:2] == sorted(rates[:2]) and decay == sorted(decay, reverse=True) and decay[0] > decay[-1]
+
+
 # ---- batches, clustering, mining ------------------------------------------------------------------------------------
 def pairs_of(task: Path) -> TrainingPairs:
     return TrainingPairs.from_instances(read_instances(task / "train.jsonl"),

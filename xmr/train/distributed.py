@@ -72,3 +72,13 @@ def average_gradients(parameters: list[torch.nn.Parameter], processes: Processes
 def barrier(processes: Processes) -> None:
     if processes.world > 1:
         dist.barrier()
+
+
+def slowest(seconds: float, processes: Processes) -> float:
+    """The largest of every process's ``seconds`` (so a wall-clock budget gives every process the same step count)."""
+    if processes.world == 1:
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64,
+                         device=processes.device if processes.device.startswith("cuda") else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value.item())

@@ -4,7 +4,9 @@ Per optimiser step: ``accumulate`` micro-batches, each the task's forward pass (
 it), then data-parallel gradient averaging, unscaling (fp16), clipping, AdamW over the task's named parameter groups
 and the learning-rate schedule (linear warm-up, then linear decay or constant). The loop validates on the task's
 schedule and keeps the best weights by the recipe's ``evaluation.metric``, checkpoints every ``checkpoint.every``
-steps and on SIGTERM/SIGINT (then raises :class:`TrainingInterrupted`). Everything random is seeded from
+steps and on SIGTERM/SIGINT (then raises :class:`TrainingInterrupted`). With ``schedule.max_seconds`` the step
+count is fixed after ``TIMED_STEPS`` timed steps: min(the recipe's count, max_seconds / the slowest process's mean
+step time), and the learning-rate schedule is stretched to it. Everything random is seeded from
 (seed, epoch, batch) or (seed, step), so a run resumed from a checkpoint takes exactly the steps the uninterrupted
 run would have taken.
 """
@@ -25,6 +27,8 @@ from xmr.errors import XMRError
 from xmr.train import checkpoint as ckpt
 from xmr.train import distributed
 from xmr.train.tasks.base import Task, TaskContext
+
+TIMED_STEPS = 4  # optimiser steps timed (after a first, warm-up one) before schedule.max_seconds fixes the count
 
 
 class TrainingInterrupted(XMRError):
@@ -66,14 +70,15 @@ class Loop:
         self.parameters = [parameter for group in self.groups for parameter in group.parameters]
         self.total_steps = settings.total_steps if self.parameters else 0  # nothing to learn: no steps
         self.optimizer = self.scheduler = None
+        self.step_seconds: list[float] = []  # the timed steps of schedule.max_seconds
+        self.timing: dict[str, Any] | None = None  # what max_seconds decided
         if self.parameters:
             self.optimizer = torch.optim.AdamW(
                 [{"params": group.parameters, "lr": group.lr,
                   "weight_decay": settings.weight_decay if group.weight_decay is None else group.weight_decay}
                  for group in self.groups])
-            warmup = int(settings.warmup * self.total_steps)
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer, lr_factor(settings.lr_schedule, warmup, self.total_steps))
+            self._set_total_steps(self.total_steps)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self.rate_factor(step))
         device = self.processes.device
         self.dtype = autocast_dtype(settings.precision, device)
         self.scaler = torch.amp.GradScaler(device.split(":")[0], enabled=self.dtype == torch.float16)
@@ -112,6 +117,31 @@ class Loop:
         rates = dict(zip((group.name for group in self.groups), self.scheduler.get_last_lr(), strict=True))
         return {"loss": total_loss, "grad_norm": float(norm), "lr": rates}
 
+    def _set_total_steps(self, total: int) -> None:
+        """The step count and the learning-rate schedule that follows from it (warm-up a fraction of it)."""
+        self.total_steps = total
+        self.rate_factor = lr_factor(self.settings.lr_schedule, int(self.settings.warmup * total), total)
+        if self.scheduler is not None:  # a new count mid-run: the next step's rate follows the new schedule
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+                group["lr"] = base * self.rate_factor(self.scheduler.last_epoch)
+
+    def _apply_time_budget(self, seconds: float) -> None:
+        """Time the first steps; once ``TIMED_STEPS`` after the first are timed, cap the step count by
+        ``max_seconds`` (never below the steps already taken)."""
+        budget = self.settings.max_seconds
+        if budget is None or self.timing is not None:
+            return
+        self.step_seconds.append(seconds)
+        if len(self.step_seconds) <= TIMED_STEPS:
+            return
+        per_step = distributed.slowest(float(np.mean(self.step_seconds[1:])), self.processes)
+        allowed = max(self.step, min(self.total_steps, int(budget / per_step)))
+        self.timing = {"max_seconds": budget, "measured_step_seconds": round(per_step, 4),
+                       "steps_allowed": allowed, "steps_of_the_schedule": self.total_steps}
+        self.say(f"{self.context.task}: {per_step:.2f} s per step; schedule.max_seconds {budget:.0f} allows "
+                 f"{allowed} of {self.total_steps} steps")
+        self._set_total_steps(allowed)
+
     def _begin_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
         self.epoch_batches = self.task.begin_epoch(epoch)
@@ -139,7 +169,7 @@ class Loop:
         if self.processes.main:
             state = {"step": self.step, "epoch": self.epoch, "position": self.position,
                      "epoch_batches": self.epoch_batches, "best": self.best, "elapsed_s": self.elapsed(),
-                     "task": self.task.state()}
+                     "total_steps": self.total_steps, "timing": self.timing, "task": self.task.state()}
             weights = ckpt.trainable_weights({group.name: group.parameters for group in self.groups})
             ckpt.save_checkpoint(ckpt.checkpoint_folder(self.context.checkpoints, self.step), weights=weights,
                                  optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
@@ -158,6 +188,8 @@ class Loop:
         self.task.restore(saved["arrays"], saved["task"])
         self.step, self.epoch, self.position = saved["step"], saved["epoch"], saved["position"]
         self.epoch_batches, self.best, self.elapsed_before = saved["epoch_batches"], saved["best"], saved["elapsed_s"]
+        self.timing = saved.get("timing")
+        self._set_total_steps(saved.get("total_steps", self.total_steps))  # the count max_seconds fixed, if it did
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -200,12 +232,15 @@ class Loop:
     def _steps(self) -> None:
         from tqdm.auto import tqdm
 
-        every, total = self.settings.validate_every, self.total_steps
-        progress = tqdm(total=total, initial=self.step, desc=f"{self.recipe.name} {self.context.task}",
+        every = self.settings.validate_every
+        progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.recipe.name} {self.context.task}",
                         disable=None if self.processes.main else True)  # None: off when not a terminal
-        while self.step < total:
+        while self.step < self.total_steps:
             self.task.before_step(self.step)
+            tick = time.perf_counter()
             entry = self._optimiser_step()
+            self._apply_time_budget(time.perf_counter() - tick)
+            total = progress.total = self.total_steps
             entry.update(step=self.step, epoch=self.epoch, elapsed_s=round(self.elapsed(), 3))
             self._log(entry)
             progress.update(1)
@@ -245,6 +280,8 @@ class Loop:
             "final_loss": losses[-1] if losses else None,
             "best": self.best,
         }
+        if self.timing is not None:
+            summary["time_budget"] = self.timing
         if self.processes.main:
             summary.update(self.task.finish(self.best))
             self.say(f"{self.context.task}: {self.step} steps in {train_seconds:.0f} s")

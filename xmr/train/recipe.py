@@ -54,6 +54,9 @@ class OptimizerSpec:
 class ScheduleSpec:
     epochs: float = 1.0
     max_steps: int | None = None  # optimiser steps; overrides epochs (0: keep the encoder, run the index stages only)
+    # wall-clock cap: after its first steps the loop times a step and trains min(the steps above, max_seconds / that
+    # time) steps, the learning-rate schedule stretched to the new count (xmr train --auto's budget)
+    max_seconds: float | None = None
 
 
 @dataclass

@@ -52,6 +52,7 @@ class LoopSettings:
     validate_every: int | None = None  # optimiser steps
     validate_before: bool = False  # step 0
     validate_at_end: bool = True  # the final weights compete for "best" too
+    max_seconds: float | None = None  # wall-clock cap on the steps (the loop times its first steps)
 
     @classmethod
     def from_sections(cls, optimizer: OptimizerSpec, schedule: ScheduleSpec, evaluation: EvaluationSpec,
@@ -59,7 +60,8 @@ class LoopSettings:
         """Settings from the common ``optimizer``, ``schedule`` and ``evaluation`` sections."""
         return cls(batches_per_epoch, schedule.epochs, schedule.max_steps, optimizer.accumulate,
                    optimizer.weight_decay, optimizer.warmup, optimizer.lr_schedule, optimizer.clip_norm,
-                   optimizer.precision, evaluation.every, evaluation.before and bool(evaluation.every))
+                   optimizer.precision, evaluation.every, evaluation.before and bool(evaluation.every),
+                   max_seconds=schedule.max_seconds)
 
     @property
     def total_steps(self) -> int:

@@ -138,6 +138,8 @@ def schedule_problems(schedule: Any) -> list[str]:
         return ["schedule.max_steps: must be at least 0"]
     if schedule.max_steps is None and schedule.epochs <= 0:
         return ["schedule.epochs: must be positive (or set schedule.max_steps)"]
+    if schedule.max_seconds is not None and schedule.max_seconds <= 0:
+        return ["schedule.max_seconds: must be positive"]
     return []
 
 
