@@ -165,8 +165,8 @@ def test_auto_train_records_choices_and_fused_beats_each_channel_on_validation(t
     summary = auto_train(tmp_path / "labels.jsonl", tmp_path / "train.jsonl", tmp_path / "run", "5m",
                          say=lambda *_: None, encoder={"type": "sentence-transformers", "model": tiny_model})
     choices = json.loads((tmp_path / "run" / "choices.json").read_text())
-    assert {entry["what"] for entry in choices} >= {"encoder", "dense training queries", "validation queries",
-                                                     "knn knobs", "fusion weights"}
+    assert {entry["what"] for entry in choices} >= {"encoder", "fine-tuning", "dense training queries",
+                                                     "validation queries", "knn knobs", "fusion weights"}
     assert all(entry["reason"] for entry in choices)
     assert summary["dense_training_queries"] == 600 and summary["training_queries"] == 600
     validation = summary["validation"]
@@ -177,6 +177,28 @@ def test_auto_train_records_choices_and_fused_beats_each_channel_on_validation(t
     synthetic_split(tmp_path / "test.jsonl", records, 100, 1)
     report = xmr.evaluate(predictor, tmp_path / "test.jsonl", ks=(1, 3), train=tmp_path / "train.jsonl")
     assert report["metrics"]["P@1"] > 0.9  # two of ten labels per text, words of both present: lexical nails it
+
+
+def test_auto_fine_tuning_raises_the_label_text_channel_and_records_its_schedule(tmp_path, tiny_model, monkeypatch):
+    from conftest import synthetic_task
+
+    import xmr.train.auto_fine_tune as stage
+
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(stage, "SETTINGS", {**stage.SETTINGS, "optimizer": {"lr": 1e-3}})  # a tiny model's rate
+    monkeypatch.setattr(stage, "EPOCHS", 8.0)
+    task = synthetic_task(tmp_path / "task")  # label and query texts share no words: zero-shot text fails
+    runs = {tuned: auto_train(task / "labels.jsonl", task / "train.jsonl", tmp_path / f"run-{tuned}", "5m",
+                              say=lambda *_: None, encoder={"type": "sentence-transformers", "model": tiny_model},
+                              fine_tune=tuned) for tuned in (False, True)}
+    frozen, tuned = (runs[key]["validation"]["text"]["P@1"] for key in (False, True))
+    assert tuned > frozen + 0.2
+    choices = {entry["what"]: entry for entry in json.loads((tmp_path / "run-True" / "choices.json").read_text())}
+    assert choices["negatives"]["value"] == {"all_labels_up_to": 256}  # 24 labels: all of them as columns
+    assert choices["fine-tuning"]["value"]["steps"] == 8 * 7  # 216 queries / 32 a batch = 7 a batch, 8 epochs
+    assert (tmp_path / "run-True" / "fine-tune.yaml").is_file()
+    served = xmr.load_predictor(tmp_path / "run-True" / "index").channels["text"].encoder.model_name
+    assert Path(served).is_relative_to(choices["fine-tuning"]["value"]["encoder"])  # the index serves the tuned one
 
 
 def test_cli_auto_bad_budget_is_one_line(tmp_path):
@@ -194,9 +216,11 @@ def test_auto_recipe_reads_method_auto_and_reports_missing_fields(tmp_path):
 
     settings = auto_recipe(ROOT / "training" / "tibkat-auto.yaml")
     assert settings == {"name": "tibkat-auto", "labels": "../shared/data/tibkat_gnd_en/labels.jsonl",
-                        "train": "../shared/data/tibkat_gnd_en/train.jsonl", "budget": "20m", "seed": 0}
+                        "train": "../shared/data/tibkat_gnd_en/train.jsonl", "budget": "20m", "seed": 0,
+                        "fine_tune": True}
     assert auto_recipe(ROOT / "training" / "reuters-minilm.yaml") is None  # any other recipe: load_recipe's
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nmethod: auto\ndata: {labels: l.jsonl}\nauto: {budget: 5m, steps: 3}\n")
-    with pytest.raises(RecipeError, match=r"data.train: required by method auto; auto.steps: unknown field"):
+    with pytest.raises(RecipeError, match=r"data.train: required by method auto; auto.steps: unknown field "
+                                          r"\(known: budget, fine_tune\)"):
         auto_recipe(broken)

@@ -3,13 +3,16 @@
 No hand-tuned recipe per data set: every choice is made from what is measured (label count, training size, encoding
 throughput on this machine, validation metrics) and written with its reason to ``runs/NAME/choices.json``.
 
-1. **Encoder**: the bundled MiniLM, frozen, ``max_seq_length`` 64 (titles and first sentences; encoding is the
-   dominant CPU cost). Vectors go through :mod:`xmr.encoders.vector_cache`, so reruns encode nothing again.
-2. **Budget**: label texts first, then the training queries chunk by chunk while the measured encoding rate says the
-   next chunk still fits ``ENCODE_SHARE`` of the budget (cached chunks are free). The dense channels use the
-   encoded prefix; the lexical channel always sees every training text (TF-IDF costs seconds).
-3. **Validation**: a seeded sample of the encoded training queries (``VALIDATION_SHARE``, at most
-   ``MAX_VALIDATION``), held out while the channels that choose knobs and weights are built.
+1. **Validation**: a seeded sample of the training queries (``VALIDATION_SHARE``, at most ``MAX_VALIDATION``),
+   held out of fine-tuning and of every channel until the weights are chosen, then added to the channels.
+2. **Encoder**: the bundled MiniLM at ``max_seq_length`` 64 (titles and first sentences; encoding is the dominant
+   CPU cost), fine-tuned first within ``FINE_TUNE_SHARE`` of the budget when that raises validation P@1
+   (:mod:`xmr.train.auto_fine_tune`: steps from the measured step time, negatives from the label count). Vectors
+   go through :mod:`xmr.encoders.vector_cache`, so reruns encode nothing again.
+3. **Budget**: label texts and validation queries, then the other training queries chunk by chunk while the
+   measured encoding rate says the next chunk still fits ``ENCODE_SHARE`` of the budget (cached chunks are free).
+   The dense channels use the encoded prefix; the lexical channel always sees every training text (TF-IDF costs
+   seconds).
 4. **Channels** (each a predictor folder, :mod:`xmr.index.knn`, :mod:`xmr.index.lexical`, label indexes):
    ``text`` (zero-shot label-text vectors: the floor for labels with no training data), ``centroid`` (text +
    mean of the label's training query vectors, ``centroid_enriched``), ``knn`` (instance votes; ``m`` and
@@ -40,6 +43,8 @@ from xmr.index.fusion import DEPTH, FusedPredictor, choose_weights, objective, p
 from xmr.index.knn import build_knn_index
 from xmr.index.lexical import build_lexical_index
 from xmr.io.atomic import write_text_atomically
+from xmr.train.auto_fine_tune import FINE_TUNE_SHARE
+from xmr.train.auto_fine_tune import fine_tune as fine_tune_encoder
 from xmr.train.label_vectors import centroid_enriched, label_centroids
 
 ENCODER = {"type": "sentence-transformers", "model": "all-MiniLM-L6-v2", "max_seq_length": 64}
@@ -122,10 +127,10 @@ def build_channels(labels: LabelCatalogue, encoder: Any, text_vectors: np.ndarra
 
 
 def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path, budget: str | float = DEFAULT_BUDGET,
-               seed: int = 0, say: Any = print, encoder: Any = None) -> dict[str, Any]:
+               seed: int = 0, say: Any = print, encoder: Any = None, fine_tune: bool = True) -> dict[str, Any]:
     """Build ``run/index`` (a fused predictor) from a catalogue and a training split within ``budget``; returns
     the summary also written to ``run/summary.json`` (see the module docstring). ``encoder``: another encoder
-    config than the default MiniLM (tests use a tiny one)."""
+    config than the default MiniLM (tests use a tiny one); ``fine_tune=False`` keeps it frozen."""
     started = time.perf_counter()
     run = Path(run)
     seconds = parse_budget(budget)
@@ -138,27 +143,30 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
     rows, missing = truth_as_rows(labels, train.labels)
     texts = [str(item) if isinstance(item, str) else str(item.get("text", "")) for item in train.items()]
     choices.add("budget seconds", seconds, f"--budget {budget}")
+    size = int(min(MAX_VALIDATION, max(MIN_VALIDATION, VALIDATION_SHARE * len(train))))
+    held = np.sort(np.random.default_rng(seed).choice(len(train), size, replace=False))
+    kept = np.setdiff1d(np.arange(len(train)), held)
+    choices.add("validation queries", size, f"{VALIDATION_SHARE:.0%} of the training queries (at most "
+                f"{MAX_VALIDATION}), seed {seed}: held out of fine-tuning and of every channel; knobs and weights "
+                "are chosen on them, never on the test split")
     config = encoder or ENCODER
-    choices.add("encoder", config, "the bundled MiniLM, frozen: encoding is the dominant cost on CPU; 64 tokens "
-                "keep titles and first sentences at half the cost of 128")
+    choices.add("encoder", config, "the bundled MiniLM: encoding is the dominant cost on CPU; 64 tokens keep titles "
+                "and first sentences at half the cost of 128")
     choices.add("label count", len(labels), f"{sum(len(r) for r in rows)} training label occurrences, {missing} "
                 "outside the catalogue (dropped)")
+    if fine_tune:
+        config = fine_tune_encoder(run, labels_path, train, kept.tolist(), held.tolist(), config,
+                                   FINE_TUNE_SHARE * seconds, seed, choices, say)
+    else:
+        choices.add("fine-tuning", None, "off (fine_tune: false): the encoder stays frozen")
     encoder = load_encoder(config)
     text_vectors = encode_cached(encoder, labels.items(), "label")
-    vectors = encode_training(encoder, texts, ENCODE_SHARE * seconds - (time.perf_counter() - started), choices)
-    encoded = len(vectors)
-    size = int(min(MAX_VALIDATION, max(MIN_VALIDATION, VALIDATION_SHARE * encoded)))
-    rng = np.random.default_rng(seed)
-    held = np.sort(rng.choice(encoded, size, replace=False))
-    choices.add("validation queries", size, f"{VALIDATION_SHARE:.0%} of the encoded training queries (at most "
-                f"{MAX_VALIDATION}), seed {seed}: knobs and weights are chosen on them, never on the test split")
-    kept = np.setdiff1d(np.arange(len(train)), held)
-    kept_dense = kept[kept < encoded]
-    fit_rows = [rows[i] for i in kept_dense] + [rows[i] for i in kept[kept >= encoded]]
-    fit_texts = [texts[i] for i in kept_dense] + [texts[i] for i in kept[kept >= encoded]]
-    held_rows, held_texts, held_vectors = [rows[i] for i in held], [texts[i] for i in held], vectors[held]
+    held_rows, held_texts = [rows[i] for i in held], [texts[i] for i in held]
+    held_vectors = encode_cached(encoder, held_texts, "query")
+    fit_rows, fit_texts = [rows[i] for i in kept], [texts[i] for i in kept]
+    vectors = encode_training(encoder, fit_texts, ENCODE_SHARE * seconds - (time.perf_counter() - started), choices)
     inverse = propensities(fit_rows, len(labels))
-    channels = build_channels(labels, encoder, text_vectors, vectors[kept_dense], fit_rows, fit_texts,
+    channels = build_channels(labels, encoder, text_vectors, vectors, fit_rows, fit_texts,
                               {"m": KNN_GRID["m"][0], "power": KNN_GRID["power"][0]})
     knn = channels["knn"]
     grid = []
@@ -181,12 +189,13 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
                 f"{selection['objective']} on the validation queries: {100 * selection['value']:.2f}")
     say(f"auto: weights {selection['weights']} (validation {selection['objective']} "
         f"{100 * selection['value']:.2f}); rebuilding the channels on all {len(train)} training queries")
-    final = build_channels(labels, encoder, text_vectors, vectors, rows, texts, knn_knobs)
+    final = build_channels(labels, encoder, text_vectors, np.concatenate([held_vectors, vectors]),  # held-out too
+                           held_rows + fit_rows, held_texts + fit_texts, knn_knobs)
     fused = FusedPredictor(final, selection["weights"], DEPTH, {**selection, "knn": knn_knobs}, None)
     fused.save(run / "index")
     summary = {"index": str(run / "index"), "train_seconds": round(time.perf_counter() - started, 1),
                "budget_seconds": seconds, "labels": len(labels), "training_queries": len(train),
-               "dense_training_queries": encoded, "weights": selection["weights"], "knn": knn_knobs,
+               "dense_training_queries": len(vectors) + len(held), "weights": selection["weights"], "knn": knn_knobs,
                "validation": selection["validation"]}
     write_text_atomically(run / "choices.json", json.dumps(choices.entries, indent=2, default=str) + "\n")
     write_text_atomically(run / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -195,7 +204,8 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
 
 def auto_recipe(path: str | Path) -> dict[str, Any] | None:
     """The ``--auto`` settings of a recipe whose ``method`` is ``auto`` (``name``, ``data.labels``, ``data.train``,
-    optional ``auto.budget`` and ``seed``), or None for any other recipe (which ``load_recipe`` then reads)."""
+    optional ``auto.budget``, ``auto.fine_tune`` and ``seed``), or None for any other recipe (which ``load_recipe``
+    then reads)."""
     import yaml
 
     from xmr.train.recipe import RecipeError, resolve_recipe
@@ -209,7 +219,10 @@ def auto_recipe(path: str | Path) -> dict[str, Any] | None:
         return None
     data, settings = values.get("data") or {}, values.get("auto") or {}
     problems = [f"data.{key}: required by method auto" for key in ("labels", "train") if not data.get(key)]
-    problems += [f"auto.{key}: unknown field (known: budget)" for key in settings if key != "budget"]
+    problems += [f"auto.{key}: unknown field (known: budget, fine_tune)" for key in settings
+                 if key not in ("budget", "fine_tune")]
+    if not isinstance(settings.get("fine_tune", True), bool):
+        problems.append(f"auto.fine_tune: true or false, got {settings['fine_tune']!r}")
     problems += [f"{key}: unknown field for method auto" for key in values
                  if key not in ("name", "method", "data", "auto", "seed")]
     if not values.get("name"):
@@ -217,4 +230,5 @@ def auto_recipe(path: str | Path) -> dict[str, Any] | None:
     if problems:
         raise RecipeError(f"{resolved}: " + "; ".join(problems))
     return {"name": values["name"], "labels": data["labels"], "train": data["train"],
-            "budget": settings.get("budget", DEFAULT_BUDGET), "seed": int(values.get("seed", 0))}
+            "budget": settings.get("budget", DEFAULT_BUDGET), "seed": int(values.get("seed", 0)),
+            "fine_tune": settings.get("fine_tune", True)}
