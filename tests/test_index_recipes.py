@@ -176,12 +176,27 @@ def test_auto_calibrates_to_the_target_and_records_why(tmp_path, monkeypatch):
     assert candidates["factory"] == "HNSW32" and "graph search" in manifest["recipe"]["reason"]
     assert calibration["knob"] == "efSearch" and calibration["target_reached"]
     assert candidates["search_params"]["efSearch"] == calibration["value"]
-    smaller = [int(value) for value in calibration["sweep"] if int(value) < calibration["value"]]
-    assert all(calibration["sweep"][str(value)] < 0.97 for value in smaller)  # the smallest value that reaches it
+    sweep = calibration["sweep"]
+    assert set(sweep) == {"lowest", "midpoints", "off-manifold"}  # no user queries: both pseudo-query families
+    assert all(sweep["lowest"][value] == min(sweep["midpoints"][value], sweep["off-manifold"][value])
+               for value in sweep["lowest"])
+    smaller = [int(value) for value in sweep["lowest"] if int(value) < calibration["value"]]
+    assert all(sweep["lowest"][str(value)] < 0.97 for value in smaller)  # the smallest value that reaches it
     assert recall(index.search_embeddings(queries, k=10).ids, exact_top(labels, queries)) > 0.93
     small = build_index_from_embeddings(catalogue_of(len(labels)), labels, None, recipe="auto", max_memory=100_000)
     assert "PQ" in small.manifest["stages"][0]["factory"] and small.manifest["stages"][1]["depth"] > 0
     assert small.manifest["recipe"]["calibration"]["knob"] == "nprobe"
+
+
+def test_off_manifold_pseudo_queries_sit_as_far_from_their_label_as_labels_from_their_neighbour():
+    from xmr.index.calibration import off_manifold_queries
+
+    labels, _ = clustered()
+    neighbour = (labels @ labels.T - 2 * np.eye(len(labels))).max(axis=1).mean()
+    queries = off_manifold_queries(labels, 300, 0)
+    assert np.allclose(np.linalg.norm(queries, axis=1), 1, atol=1e-5)
+    nearest = (queries @ labels.T).max(axis=1)
+    assert abs(np.mean(nearest) - neighbour) < 0.05  # about as far as labels are from their nearest other label
 
 
 def test_memory_mapped_index_searches_the_same_and_is_read_only(tmp_path):
