@@ -7,8 +7,8 @@ the test split (a seeded sample of ``max_test`` queries when the split has more 
 (``scripts/peers/xmc_linear.py`` in .venv-peers) on the same queries; all scored by ``xmr.metrics`` with the
 train split's propensities. Writes, after every data set (a partial run keeps what it finished),
 ``suite.csv``, ``suite.md``, ``suite-deciles.png`` (P@5 by label-frequency decile: does the fused ranking keep
-the zero-shot text channel's tail?) and ``suite/<name>.json`` (its rows, deciles, and what ``--auto`` chose and
-why); data sets left out by ``--only`` keep their earlier ``suite/<name>.json`` in the tables.
+the tail of zero-shot MiniLM on the label texts?) and ``suite/<name>.json`` (its rows, deciles, and what
+``--auto`` chose and why); data sets left out by ``--only`` keep their earlier ``suite/<name>.json`` in the tables.
 Query encoding goes through the vector cache (``~/.cache/xmr/vectors``): predict times are search + fusion.
 """
 
@@ -37,8 +37,41 @@ LARGE_TEST = 5000
 PEER_WAIT_S = 1800  # --reuse-peers: how long to wait for a peers run already writing runs/peers-<name>
 KS = (1, 3, 5, 10)
 COLUMNS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5", "R@10")
-CHANNELS = {"fused": "xmr --auto (fused)", "text": "  channel: label text (zero-shot)",
+CHANNELS = {"fused": "xmr --auto (fused)", "text": "  channel: label text",
             "centroid": "  channel: text + centroid", "knn": "  channel: instance kNN", "lexical": "  channel: TF-IDF"}
+ZERO_SHOT = "zero-shot MiniLM (label text, no training)"
+
+
+def test_sample(test_size: int, max_test: int) -> np.ndarray:
+    """The scored test rows: all, or a seeded sample of ``max_test`` when the split has more than ``LARGE_TEST``."""
+    if test_size <= LARGE_TEST:
+        return np.arange(test_size)
+    return np.sort(np.random.default_rng(0).choice(test_size, max_test, replace=False))
+
+
+def add_zero_shot(entry: dict, folder: Path) -> dict:
+    """The frozen bundled MiniLM over the label texts on the same test rows: the floor ``--auto`` must keep on
+    the tail, also when its own text channel is fine-tuned (a row and a decile curve; cheap through the cache)."""
+    from xmr.index import build_index_from_embeddings
+    from xmr.train.auto import ENCODER
+
+    labels = xmr.LabelCatalogue.from_file(folder / "labels.jsonl")
+    train, test = read_instances(folder / "train.jsonl"), read_instances(folder / "test.jsonl")
+    sample = test_sample(len(test), entry["scored"])
+    encoder = xmr.load_encoder(ENCODER)
+    index = build_index_from_embeddings(labels, encode_cached(encoder, labels.items(), "label"), None,
+                                        encoder=encoder)
+    items = [test.items()[row] for row in sample]
+    rows = padded(index.search_embeddings(encode_cached(encoder, items), k=max(KS)).rows, max(KS))
+    truth, _ = truth_as_rows(labels, [test.labels[row] for row in sample])
+    train_truth, _ = truth_as_rows(labels, train.labels)
+    inverse = m.inverse_propensity(train_truth, len(labels), *m.PROPENSITY_PRESETS["default"])
+    counts = m.label_counts(train_truth, len(labels))
+    peers = next(i for i, row in enumerate(entry["rows"]) if row["system"].startswith("PECOS"))
+    entry["rows"].insert(peers, {"system": ZERO_SHOT, "train_s": None, "predict_s": None,
+                                 **ranking_metrics(rows, truth, KS, inverse)})
+    entry["deciles"]["zero-shot"] = m.precision_at_k_by_decile(padded(rows, 5), truth, 5, counts).tolist()
+    return entry
 
 
 def data_sets(root: Path) -> tuple[list[Path], dict[str, str]]:
@@ -56,9 +89,7 @@ def data_sets(root: Path) -> tuple[list[Path], dict[str, str]]:
 def evaluate_one(folder: Path, budget: str, max_test: int, reuse_peers: bool = False) -> dict:
     labels = xmr.LabelCatalogue.from_file(folder / "labels.jsonl")
     train, test = read_instances(folder / "train.jsonl"), read_instances(folder / "test.jsonl")
-    sample = np.arange(len(test))
-    if len(test) > LARGE_TEST:
-        sample = np.sort(np.random.default_rng(0).choice(len(test), max_test, replace=False))
+    sample = test_sample(len(test), max_test)
     run = ROOT / "runs" / f"auto-{folder.name}"
     tick = time.perf_counter()
     summary = auto_train(folder / "labels.jsonl", folder / "train.jsonl", run, budget)
@@ -108,9 +139,15 @@ def evaluate_one(folder: Path, budget: str, max_test: int, reuse_peers: bool = F
                      **ranking_metrics(padded(predicted, max(KS)), truth, KS, inverse)})
     deciles = {name: m.precision_at_k_by_decile(padded(predictions[name], 5), truth, 5, counts).tolist()
                for name in ("fused", "text", "pecos")}
-    return {"name": folder.name, "budget": budget, "labels": len(labels), "train": len(train), "test": len(test),
-            "scored": len(sample), "rows": rows, "summary": summary, "deciles": deciles,
-            "choices": json.loads((run / "choices.json").read_text())}
+    return add_zero_shot({"name": folder.name, "budget": budget, "labels": len(labels), "train": len(train),
+                          "test": len(test), "scored": len(sample), "rows": rows, "summary": summary,
+                          "deciles": deciles, "choices": json.loads((run / "choices.json").read_text())}, folder)
+
+
+def fine_tuning(entry: dict) -> str:
+    """What ``--auto``'s fine-tuning stage did, from the run's choices (runs before the stage existed: none)."""
+    choice = next((item for item in entry["choices"] if item["what"] == "fine-tuning"), None)
+    return "none (a run before the stage existed: frozen MiniLM)" if choice is None else choice["reason"]
 
 
 def write(out: Path, done: list[dict], skipped: dict[str, str], budget: str) -> None:
@@ -143,6 +180,7 @@ def write(out: Path, done: list[dict], skipped: dict[str, str], budget: str) -> 
                   f"`--budget {entry.get('budget', budget)}`: dense channels over "
                   f"{summary['dense_training_queries']:,} of {summary['training_queries']:,} "
                   f"encoded training queries; weights {summary['weights']}; kNN {summary['knn']}", "",
+                  f"Fine-tuning: {fine_tuning(entry)}", "",
                   "| system | train s | predict s | " + " | ".join(COLUMNS) + " |",
                   "|---|---|---|" + "---|" * len(COLUMNS)]
         for row in entry["rows"]:
@@ -160,7 +198,7 @@ def write(out: Path, done: list[dict], skipped: dict[str, str], budget: str) -> 
     (out / "suite.md").write_text("\n".join(lines) + "\n")
     figure, axes = plt.subplots(1, max(len(done), 1), figsize=(4 * max(len(done), 1), 3.2), squeeze=False)
     for axis, entry in zip(axes[0], done, strict=False):
-        for name, label in (("text", "zero-shot text"), ("fused", "xmr --auto"), ("pecos", "PECOS")):
+        for name, label in (("zero-shot", "zero-shot text"), ("fused", "xmr --auto"), ("pecos", "PECOS")):
             axis.plot(range(10), 100 * np.array(entry["deciles"][name]), marker="o", label=label)
         axis.set_title(entry["name"], fontsize=9)
         axis.set_xlabel("label-frequency decile (0 = rarest)")
@@ -179,6 +217,8 @@ def run_suite(root: Path, out: Path, budget: str, max_test: int, only: list[str]
     names = {folder.name for folder in folders}
     done: list[dict] = [json.loads(path.read_text()) for path in sorted((out / "suite").glob("*.json"))
                         if path.stem not in names]  # data sets of earlier --only runs stay in the tables
+    done = [entry if "zero-shot" in entry["deciles"] else add_zero_shot(entry, root / entry["name"])
+            for entry in done]  # entries written before the zero-shot reference row existed
     for folder in folders:
         print(f"suite: {folder.name}", flush=True)
         done.append(evaluate_one(folder, budget, max_test, reuse_peers))

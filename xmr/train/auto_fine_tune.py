@@ -89,11 +89,12 @@ def fine_tune(run: Path, labels_path: str | Path, train: Instances, fit: list[in
     write_text_atomically(path, json.dumps(recipe, indent=2) + "\n")  # JSON is YAML
     summary = run_recipe(path, restart=True, say=say)
     best, before = summary["best"], _before(run / "fine-tune" / "log.jsonl")
-    budget = summary.get("time_budget") or {}
-    facts = (f"{summary['steps']} steps ({budget.get('measured_step_seconds', 0):.2f} s each, "
-             f"{FINE_TUNE_SHARE:.0%} of the budget = {seconds:.0f} s allows {budget.get('steps_allowed')}, at most "
-             f"{EPOCHS:g} epochs) in {summary['train_seconds']:.0f} s; validation P@1 of the label texts "
-             f"{100 * before:.2f} before, {100 * best['value']:.2f} at step {best['step']}")
+    budget = summary.get("time_budget")
+    clock = (f"{budget['measured_step_seconds']:.2f} s each: {FINE_TUNE_SHARE:.0%} of the budget = {seconds:.0f} s "
+             f"allows {budget['steps_allowed']} of the {budget['steps_of_the_schedule']} steps of {EPOCHS:g} epochs"
+             if budget else f"all of {EPOCHS:g} epochs, done before the clock was consulted")
+    facts = (f"{summary['steps']} steps ({clock}) in {summary['train_seconds']:.0f} s; validation P@1 of the label "
+             f"texts {100 * before:.2f} before, {100 * best['value']:.2f} at step {best['step']}")
     if best["step"] == 0:
         choices.add("fine-tuning", None, f"kept the frozen encoder: {facts}")
         return encoder
