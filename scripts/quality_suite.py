@@ -49,29 +49,16 @@ def test_sample(test_size: int, max_test: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(test_size, max_test, replace=False))
 
 
-def add_zero_shot(entry: dict, folder: Path) -> dict:
-    """The frozen bundled MiniLM over the label texts on the same test rows: the floor ``--auto`` must keep on
-    the tail, also when its own text channel is fine-tuned (a row and a decile curve; cheap through the cache)."""
+def zero_shot_rows(labels: xmr.LabelCatalogue, items: list) -> np.ndarray:
+    """Top labels of the frozen bundled MiniLM over the label texts: the floor ``--auto`` must keep on the tail,
+    also when its own text channel is fine-tuned (cheap through the vector cache)."""
     from xmr.index import build_index_from_embeddings
     from xmr.train.auto import ENCODER
 
-    labels = xmr.LabelCatalogue.from_file(folder / "labels.jsonl")
-    train, test = read_instances(folder / "train.jsonl"), read_instances(folder / "test.jsonl")
-    sample = test_sample(len(test), entry["scored"])
     encoder = xmr.load_encoder(ENCODER)
     index = build_index_from_embeddings(labels, encode_cached(encoder, labels.items(), "label"), None,
                                         encoder=encoder)
-    items = [test.items()[row] for row in sample]
-    rows = padded(index.search_embeddings(encode_cached(encoder, items), k=max(KS)).rows, max(KS))
-    truth, _ = truth_as_rows(labels, [test.labels[row] for row in sample])
-    train_truth, _ = truth_as_rows(labels, train.labels)
-    inverse = m.inverse_propensity(train_truth, len(labels), *m.PROPENSITY_PRESETS["default"])
-    counts = m.label_counts(train_truth, len(labels))
-    peers = next(i for i, row in enumerate(entry["rows"]) if row["system"].startswith("PECOS"))
-    entry["rows"].insert(peers, {"system": ZERO_SHOT, "train_s": None, "predict_s": None,
-                                 **ranking_metrics(rows, truth, KS, inverse)})
-    entry["deciles"]["zero-shot"] = m.precision_at_k_by_decile(padded(rows, 5), truth, 5, counts).tolist()
-    return entry
+    return padded(index.search_embeddings(encode_cached(encoder, items), k=max(KS)).rows, max(KS))
 
 
 def data_sets(root: Path) -> tuple[list[Path], dict[str, str]]:
@@ -119,6 +106,9 @@ def evaluate_one(folder: Path, budget: str, max_test: int, reuse_peers: bool = F
              "predict_s": predict_s if name == "fused" else None,
              **ranking_metrics(padded(predictions[name], max(KS)), truth, KS, inverse)}
             for name in CHANNELS if name in predictions]
+    predictions["zero-shot"] = zero_shot_rows(labels, items)
+    rows.append({"system": ZERO_SHOT, "train_s": None, "predict_s": None,
+                 **ranking_metrics(predictions["zero-shot"], truth, KS, inverse)})
     peer_folder = ROOT / "runs" / f"peers-{folder.name}"
     timings_file = peer_folder / "timings.json"
 
@@ -138,10 +128,10 @@ def evaluate_one(folder: Path, budget: str, max_test: int, reuse_peers: bool = F
                      "predict_s": timings[f"{key}_predict_s"] * len(sample) / len(test),
                      **ranking_metrics(padded(predicted, max(KS)), truth, KS, inverse)})
     deciles = {name: m.precision_at_k_by_decile(padded(predictions[name], 5), truth, 5, counts).tolist()
-               for name in ("fused", "text", "pecos")}
-    return add_zero_shot({"name": folder.name, "budget": budget, "labels": len(labels), "train": len(train),
-                          "test": len(test), "scored": len(sample), "rows": rows, "summary": summary,
-                          "deciles": deciles, "choices": json.loads((run / "choices.json").read_text())}, folder)
+               for name in ("fused", "text", "zero-shot", "pecos")}
+    return {"name": folder.name, "budget": budget, "labels": len(labels), "train": len(train), "test": len(test),
+            "scored": len(sample), "rows": rows, "summary": summary, "deciles": deciles,
+            "choices": json.loads((run / "choices.json").read_text())}
 
 
 def fine_tuning(entry: dict) -> str:
@@ -217,8 +207,6 @@ def run_suite(root: Path, out: Path, budget: str, max_test: int, only: list[str]
     names = {folder.name for folder in folders}
     done: list[dict] = [json.loads(path.read_text()) for path in sorted((out / "suite").glob("*.json"))
                         if path.stem not in names]  # data sets of earlier --only runs stay in the tables
-    done = [entry if "zero-shot" in entry["deciles"] else add_zero_shot(entry, root / entry["name"])
-            for entry in done]  # entries written before the zero-shot reference row existed
     for folder in folders:
         print(f"suite: {folder.name}", flush=True)
         done.append(evaluate_one(folder, budget, max_test, reuse_peers))
