@@ -235,6 +235,31 @@ def test_max_seconds_caps_the_steps_and_stretches_the_schedule_to_them(tmp_path,
     assert rates[:2] == sorted(rates[:2]) and decay == sorted(decay, reverse=True) and decay[0] > decay[-1]
 
 
+class PausingLeastSquares(SlowLeastSquares):
+    """The slow toy task with 0.1 s of between-step work (like a mining refresh) before step 6."""
+
+    def before_step(self, step):
+        if step == 6:
+            time.sleep(0.1)
+
+
+def test_between_step_work_is_paid_from_max_seconds(tmp_path, monkeypatch):
+    recipe = {"name": "toy", "method": "least-squares", "output": str(tmp_path / "runs"), "toy": {"lr": 0.1},
+              "checkpoint": {"every": 1000, "keep": 1}}
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
+    steps = {}
+    for name, task in (("plain", SlowLeastSquares), ("pausing", PausingLeastSquares)):
+        monkeypatch.setitem(TASKS, "least-squares", task)
+        recipe["output"] = str(tmp_path / name)
+        (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
+        summary = train(tmp_path / "toy.yaml", say=lambda message: None)
+        steps[name] = (summary["steps"], summary["time_budget"])
+    (plain, _), (pausing, budget) = steps["plain"], steps["pausing"]
+    assert budget["between_step_seconds"] >= 0.1 and budget["steps_allowed"] == pausing
+    # 0.1 s of a 0.3 s budget is a third of the steps; the measured step times vary a little between the runs
+    assert pausing <= 0.8 * plain, (plain, pausing)
+
+
 # ---- batches, clustering, mining ------------------------------------------------------------------------------------
 def pairs_of(task: Path) -> TrainingPairs:
     return TrainingPairs.from_instances(read_instances(task / "train.jsonl"),
@@ -271,6 +296,39 @@ def test_mined_hard_negatives_are_top_ranked_non_positives(task, tiny_encoder):
     assert set(np.concatenate([table[row] for row in range(4)])) & set(batch.columns)
     assert not any(batch.positives[position, np.isin(batch.columns, table[row])].any() for position, row in
                    enumerate(range(4)))
+
+
+def test_mining_only_the_given_rows_leaves_the_others_unmined(task, tiny_encoder):
+    pairs = pairs_of(task)
+    full = mine_hard_negatives(tiny_encoder, pairs, depth=5)
+    rows = np.array([7, 3, 3, 100])
+    given = tiny_encoder.encode_labels(pairs.labels.items())
+    window = mine_hard_negatives(tiny_encoder, pairs, depth=5, rows=rows, label_vectors=given)
+    assert np.array_equal(window[[3, 7, 100]], full[[3, 7, 100]])
+    others = np.setdiff1d(np.arange(len(pairs)), rows)
+    assert (window[others] == -1).all() and (full[others] >= 0).any()
+
+
+def test_refreshes_mine_the_coming_steps_and_every_new_epoch(tmp_path, task, tiny_model, monkeypatch):
+    """240 queries in batches of 16: 15 steps an epoch. Refreshes every 7 steps mine the queries up to the next
+    refresh; the second epoch (from step 15) gets its own refresh at step 16; the first reads the vector cache."""
+    from xmr.encoders import vector_cache
+
+    cached = []
+    real = vector_cache.encode_cached
+    monkeypatch.setattr(vector_cache, "encode_cached", lambda *args, **kw: cached.append(args[2]) or real(*args, **kw))
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path / "cache"))
+    recipe = write_recipe(tmp_path, task, {"type": "sentence-transformers", "model": tiny_model},
+                          negatives={"mined": {"per_query": 1, "depth": 5, "refresh_every": 7, "cached_first": True}},
+                          schedule={"epochs": 2}, evaluation={"every": 100})
+    messages = []
+    train(recipe, say=messages.append)
+    import re
+
+    refreshes = [tuple(map(int, found.groups())) for message in messages
+                 if (found := re.match(r"step (\d+): mined 5 hard negatives for (\d+) queries", message))]
+    assert refreshes == [(0, 112), (7, 112), (14, 16), (16, 80), (21, 112), (28, 32)]
+    assert cached == ["label"]
 
 
 def test_clustered_plan_batches_similar_queries():

@@ -6,9 +6,10 @@ and the learning-rate schedule (linear warm-up, then linear decay or constant). 
 schedule and keeps the best weights by the recipe's ``evaluation.metric``, checkpoints every ``checkpoint.every``
 steps and on SIGTERM/SIGINT (then raises :class:`TrainingInterrupted`). With ``schedule.max_seconds`` the step
 count is fixed after ``TIMED_STEPS`` timed steps: min(the recipe's count, max_seconds / the slowest process's mean
-step time), and the learning-rate schedule is stretched to it. Everything random is seeded from
-(seed, epoch, batch) or (seed, step), so a run resumed from a checkpoint takes exactly the steps the uninterrupted
-run would have taken.
+step time), and the learning-rate schedule is stretched to it; the task's work between steps (mining refreshes) is
+paid from the same budget, so each such pause shortens the count by its length in steps. Everything random is
+seeded from (seed, epoch, batch) or (seed, step), so a run resumed from a checkpoint takes exactly the steps the
+uninterrupted run would have taken.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Loop:
         self.optimizer = self.scheduler = None
         self.step_seconds: list[float] = []  # the timed steps of schedule.max_seconds
         self.timing: dict[str, Any] | None = None  # what max_seconds decided
+        self.between_seconds = 0.0  # the task's before_step work, paid from max_seconds too
         if self.parameters:
             self.optimizer = torch.optim.AdamW(
                 [{"params": group.parameters, "lr": group.lr,
@@ -126,20 +128,27 @@ class Loop:
                 group["lr"] = base * self.rate_factor(self.scheduler.last_epoch)
 
     def _apply_time_budget(self, seconds: float) -> None:
-        """Time the first steps; once ``TIMED_STEPS`` after the first are timed, cap the step count by
-        ``max_seconds`` (never below the steps already taken)."""
+        """Time the first steps; once ``TIMED_STEPS`` after the first are timed, cap the step count by what
+        ``max_seconds`` leaves after the task's between-step work so far (never below the steps already taken)."""
         budget = self.settings.max_seconds
-        if budget is None or self.timing is not None:
+        if budget is None:
             return
-        self.step_seconds.append(seconds)
-        if len(self.step_seconds) <= TIMED_STEPS:
+        if self.timing is None:
+            self.step_seconds.append(seconds)
+            if len(self.step_seconds) <= TIMED_STEPS:
+                return
+            per_step = distributed.slowest(float(np.mean(self.step_seconds[1:])), self.processes)
+            self.timing = {"max_seconds": budget, "measured_step_seconds": round(per_step, 4),
+                           "steps_of_the_schedule": self.total_steps}
+        between = distributed.slowest(self.between_seconds, self.processes)
+        allowed = max(self.step, min(self.timing["steps_of_the_schedule"],
+                                     int((budget - between) / self.timing["measured_step_seconds"])))
+        if allowed == self.timing.get("steps_allowed"):
             return
-        per_step = distributed.slowest(float(np.mean(self.step_seconds[1:])), self.processes)
-        allowed = max(self.step, min(self.total_steps, int(budget / per_step)))
-        self.timing = {"max_seconds": budget, "measured_step_seconds": round(per_step, 4),
-                       "steps_allowed": allowed, "steps_of_the_schedule": self.total_steps}
-        self.say(f"{self.context.task}: {per_step:.2f} s per step; schedule.max_seconds {budget:.0f} allows "
-                 f"{allowed} of {self.total_steps} steps")
+        self.timing.update(steps_allowed=allowed, between_step_seconds=round(between, 2))
+        self.say(f"{self.context.task}: {self.timing['measured_step_seconds']:.2f} s per step and {between:.0f} s "
+                 f"between steps; schedule.max_seconds {budget:.0f} allows {allowed} of "
+                 f"{self.timing['steps_of_the_schedule']} steps")
         self._set_total_steps(allowed)
 
     def _begin_epoch(self, epoch: int) -> None:
@@ -169,7 +178,8 @@ class Loop:
         if self.processes.main:
             state = {"step": self.step, "epoch": self.epoch, "position": self.position,
                      "epoch_batches": self.epoch_batches, "best": self.best, "elapsed_s": self.elapsed(),
-                     "total_steps": self.total_steps, "timing": self.timing, "task": self.task.state()}
+                     "total_steps": self.total_steps, "timing": self.timing, "between_s": self.between_seconds,
+                     "task": self.task.state()}
             weights = ckpt.trainable_weights({group.name: group.parameters for group in self.groups})
             ckpt.save_checkpoint(ckpt.checkpoint_folder(self.context.checkpoints, self.step), weights=weights,
                                  optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
@@ -188,7 +198,7 @@ class Loop:
         self.task.restore(saved["arrays"], saved["task"])
         self.step, self.epoch, self.position = saved["step"], saved["epoch"], saved["position"]
         self.epoch_batches, self.best, self.elapsed_before = saved["epoch_batches"], saved["best"], saved["elapsed_s"]
-        self.timing = saved.get("timing")
+        self.timing, self.between_seconds = saved.get("timing"), saved.get("between_s", 0.0)
         self._set_total_steps(saved.get("total_steps", self.total_steps))  # the count max_seconds fixed, if it did
 
     def elapsed(self) -> float:
@@ -236,7 +246,9 @@ class Loop:
         progress = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.recipe.name} {self.context.task}",
                         disable=None if self.processes.main else True)  # None: off when not a terminal
         while self.step < self.total_steps:
+            tick = time.perf_counter()
             self.task.before_step(self.step)
+            self.between_seconds += time.perf_counter() - tick
             tick = time.perf_counter()
             entry = self._optimiser_step()
             self._apply_time_budget(time.perf_counter() - tick)
