@@ -201,6 +201,29 @@ def test_auto_fine_tuning_raises_the_label_text_channel_and_records_its_schedule
     assert Path(served).is_relative_to(choices["fine-tuning"]["value"]["encoder"])  # the index serves the tuned one
 
 
+def test_auto_fine_tuning_of_a_large_catalogue_mines_hard_negatives(tmp_path, tiny_model, monkeypatch):
+    """Above ``ALL_LABELS_UP_TO`` labels the batches take in-batch plus index-mined negatives (here 24 > 8)."""
+    from conftest import synthetic_task
+
+    import xmr.train.auto_fine_tune as stage
+
+    monkeypatch.setenv("XMR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(stage, "SETTINGS", {**stage.SETTINGS, "optimizer": {"lr": 1e-3}})
+    monkeypatch.setattr(stage, "EPOCHS", 8.0)
+    monkeypatch.setattr(stage, "ALL_LABELS_UP_TO", 8)
+    monkeypatch.setattr(stage, "MINE_EVERY", 10)
+    task = synthetic_task(tmp_path / "task")
+    messages = []
+    summary = auto_train(task / "labels.jsonl", task / "train.jsonl", tmp_path / "run", "5m", say=messages.append,
+                         encoder={"type": "sentence-transformers", "model": tiny_model}, fine_tune=True)
+    choices = {entry["what"]: entry for entry in json.loads((tmp_path / "run" / "choices.json").read_text())}
+    assert choices["negatives"]["value"] == {"all_labels_up_to": 0, "mined": {
+        "per_query": 1, "depth": stage.MINE_DEPTH, "refresh_every": 10, "cached_first": True}}
+    refreshes = [message for message in messages if "hard negatives for" in message]
+    assert len(refreshes) >= 8 * 7 // 10 and refreshes[0].startswith("step 0:")
+    assert summary["validation"]["text"]["P@1"] > 0.25  # 0.04 before the steps: label and query words differ
+
+
 def test_cli_auto_bad_budget_is_one_line(tmp_path):
     command = [sys.executable, "-m", "xmr.cli", "train", "--auto", str(tmp_path / "labels.jsonl"),
                str(tmp_path / "train.jsonl"), "--budget", "soon"]

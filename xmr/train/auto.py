@@ -155,7 +155,7 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
     choices.add("label count", len(labels), f"{sum(len(r) for r in rows)} training label occurrences, {missing} "
                 "outside the catalogue (dropped)")
     if fine_tune:
-        config = fine_tune_encoder(run, labels_path, train, kept.tolist(), held.tolist(), config,
+        config = fine_tune_encoder(run, labels_path, len(labels), train, kept.tolist(), held.tolist(), config,
                                    FINE_TUNE_SHARE * seconds, seed, choices, say)
     else:
         choices.add("fine-tuning", None, "off (fine_tune: false): the encoder stays frozen")

@@ -7,7 +7,11 @@ One default for every catalogue, chosen from what is measured, never per data se
   first steps and train as many as fit, at most ``EPOCHS`` epochs (:mod:`xmr.train.loop`).
 - **Negatives** from the label count: up to ``ALL_LABELS_UP_TO`` labels every label is a column of every batch
   (exact softmax over the catalogue); above it the batch's own positives are the columns (in-batch negatives),
-  because each column costs a forward and backward pass of its label text per step.
+  because each column costs a forward and backward pass of its label text per step, plus ``MINED_PER_QUERY``
+  index-mined hard negative per query (ANCE, :mod:`xmr.train.mining`): in a catalogue of thousands of labels the
+  in-batch columns are mostly easy, and the labels the encoder confuses are the ones worth a column. The first
+  mining reads the frozen encoder's label vectors from the vector cache (the channels need them anyway); every
+  ``MINE_EVERY`` steps the labels are encoded again and the coming steps' queries mined.
 - **Loss**: UWE's multi-positive InfoNCE in both directions (a query has several labels), temperature 0.05.
 - **Selection**: validation P@1 of the label-text index on the held-out queries before the first step and after
   the last; when the steps do not raise it, the frozen encoder is kept (its cached vectors stay valid).
@@ -31,6 +35,9 @@ MIN_FINE_TUNE_SECONDS = 60.0  # a smaller share is not worth loading a trainer f
 ALL_LABELS_UP_TO = 256
 EPOCHS = 2.0  # at most, however fast the steps are
 BATCH_SIZE = 32
+MINED_PER_QUERY = 1
+MINE_DEPTH = 20  # top non-positive labels kept per query, the hard negative sampled among them
+MINE_EVERY = 100  # optimiser steps between refreshes (3,200 queries mined per refresh)
 SETTINGS = {
     "loss": {"name": "multi-positive-infonce", "options": {"temperature": 0.05}},
     "optimizer": {"lr": 1.0e-4, "warmup": 0.1, "clip_norm": 1.0},
@@ -53,9 +60,12 @@ def fine_tune_recipe(run: Path, labels_path: Path, train_rows: int, label_count:
         negatives = {"all_labels_up_to": ALL_LABELS_UP_TO}
         why = f"{label_count} labels <= {ALL_LABELS_UP_TO}: every label is a column of every batch"
     else:
-        negatives = {"all_labels_up_to": 0}
+        negatives = {"all_labels_up_to": 0, "mined": {"per_query": MINED_PER_QUERY, "depth": MINE_DEPTH,
+                                                      "refresh_every": MINE_EVERY, "cached_first": True}}
         why = (f"{label_count} labels > {ALL_LABELS_UP_TO}: in-batch negatives (the batch's positives as columns; "
-               "each column costs a forward and backward pass of its label text per step)")
+               "each column costs a forward and backward pass of its label text per step) plus "
+               f"{MINED_PER_QUERY} hard negative per query from the top {MINE_DEPTH} non-positive labels of an index "
+               f"of the current label vectors, refreshed every {MINE_EVERY} steps")
     data = run / "fine-tune-data"
     recipe = {
         "name": "fine-tune", "output": str(run), "seed": seed,
@@ -70,11 +80,10 @@ def fine_tune_recipe(run: Path, labels_path: Path, train_rows: int, label_count:
     return recipe, why
 
 
-def fine_tune(run: Path, labels_path: str | Path, train: Instances, fit: list[int], held: list[int], encoder: Any,
-              seconds: float, seed: int, choices: Any, say: Any) -> Any:
+def fine_tune(run: Path, labels_path: str | Path, label_count: int, train: Instances, fit: list[int], held: list[int],
+              encoder: Any, seconds: float, seed: int, choices: Any, say: Any) -> Any:
     """Fine-tune ``encoder`` on the ``fit`` rows of ``train`` for about ``seconds`` of steps, choosing on the
     ``held`` rows; returns the encoder to build the channels with (the fine-tuned folder, or ``encoder``)."""
-    from xmr.catalogue import LabelCatalogue
     from xmr.train import train as run_recipe
 
     if seconds < MIN_FINE_TUNE_SECONDS:
@@ -82,7 +91,6 @@ def fine_tune(run: Path, labels_path: str | Path, train: Instances, fit: list[in
         return encoder
     write_split(run / "fine-tune-data" / "train.jsonl", train, fit)
     write_split(run / "fine-tune-data" / "validation.jsonl", train, held)
-    label_count = len(LabelCatalogue.from_file(labels_path))
     recipe, why = fine_tune_recipe(run, Path(labels_path), len(fit), label_count, encoder, seconds, seed)
     choices.add("negatives", recipe["negatives"], why)
     path = run / "fine-tune.yaml"
