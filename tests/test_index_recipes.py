@@ -175,7 +175,7 @@ def test_auto_calibrates_to_the_target_and_records_why(tmp_path, monkeypatch):
     candidates, calibration = manifest["stages"][0], manifest["recipe"]["calibration"]
     assert candidates["factory"] == "HNSW32" and "graph search" in manifest["recipe"]["reason"]
     assert calibration["knob"] == "efSearch" and calibration["target_reached"]
-    assert candidates["search_params"]["efSearch"] == calibration["value"]
+    assert candidates["search_params"]["efSearch"] == calibration["value"] == manifest["recipe"]["search"]["efSearch"]
     sweep = calibration["sweep"]
     assert set(sweep) == {"lowest", "midpoints", "off-manifold"}  # no user queries: both pseudo-query families
     assert all(sweep["lowest"][value] == min(sweep["midpoints"][value], sweep["off-manifold"][value])

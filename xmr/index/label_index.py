@@ -455,7 +455,10 @@ def build_index_from_embeddings(
     if auto:
         from xmr.index.calibration import calibrate
 
-        manifest["recipe"]["calibration"] = calibrate(index, labels, target_recall, calibration_queries)
+        calibration = manifest["recipe"]["calibration"] = calibrate(index, labels, target_recall,
+                                                                    calibration_queries)
+        if "knob" in calibration:  # the recipe's search knobs are the ones the index serves with
+            manifest["recipe"]["search"] = {**manifest["recipe"]["search"], calibration["knob"]: calibration["value"]}
     if out is not None:
         index.save(out)
     return index
