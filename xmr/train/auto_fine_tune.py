@@ -11,7 +11,8 @@ One default for every catalogue, chosen from what is measured, never per data se
   index-mined hard negative per query (ANCE, :mod:`xmr.train.mining`): in a catalogue of thousands of labels the
   in-batch columns are mostly easy, and the labels the encoder confuses are the ones worth a column. The first
   mining reads the frozen encoder's label vectors from the vector cache (the channels need them anyway); every
-  ``MINE_EVERY`` steps the labels are encoded again and the coming steps' queries mined.
+  ``MINE_EVERY`` steps the labels are encoded again and the coming steps' queries mined; the loop pays those pauses
+  from the same ``max_seconds``, so they cost steps, not extra wall time.
 - **Loss**: UWE's multi-positive InfoNCE in both directions (a query has several labels), temperature 0.05.
 - **Selection**: validation P@1 of the label-text index on the held-out queries before the first step and after
   the last; when the steps do not raise it, the frozen encoder is kept (its cached vectors stay valid).
