@@ -238,7 +238,7 @@ def test_max_seconds_caps_the_steps_and_stretches_the_schedule_to_them(tmp_path,
 class PausingLeastSquares(SlowLeastSquares):
     """The slow toy task with 0.1 s of between-step work (like a mining refresh) before step 6."""
 
-    def before_step(self, step):
+    def before_step(self, step, position):
         if step == 6:
             time.sleep(0.1)
 

@@ -143,8 +143,9 @@ class Task(ABC):
     def begin_epoch(self, epoch: int) -> int:
         """Plan epoch ``epoch``'s micro-batches (deterministic from the seed and the epoch); returns their number."""
 
-    def before_step(self, step: int) -> None:  # noqa: B027 (an optional hook)
-        """Work before optimiser step ``step`` (e.g. refreshing mined negatives)."""
+    def before_step(self, step: int, position: int) -> None:  # noqa: B027 (an optional hook)
+        """Work before optimiser step ``step``, whose first micro-batch is ``position`` of the current epoch's plan
+        (e.g. refreshing the mined negatives of the coming batches)."""
 
     @abstractmethod
     def forward(self, position: int, rng: np.random.Generator) -> Any:

@@ -193,7 +193,6 @@ class DualEncoderTask(Task):
         self.query_vectors: np.ndarray | None = None  # for clustered batches, from the last recluster
         self.mined_at: int | None = None
         self.mine_pending = False  # a new epoch's plan: its queries have no mined negatives yet
-        self.next_position = 0  # the plan position the next forward pass reads
         context.say(f"dual-encoder: batches of {self.global_batch} queries, loss {self.spec.loss.name}")
 
     def _add_lora(self) -> None:
@@ -223,7 +222,7 @@ class DualEncoderTask(Task):
         return [ParameterGroup(name, parameters, rates[name]) for name, parameters in groups.items()]
 
     def begin_epoch(self, epoch: int) -> int:
-        self.next_position, self.mine_pending = 0, self.spec.negatives.mined is not None
+        self.mine_pending = self.spec.negatives.mined is not None
         clustered, seed = self.spec.batching.clustered, self.context.recipe.seed
         if clustered is None or epoch < clustered.start_epoch:
             self.plan = random_plan(len(self.pairs), self.global_batch, seed, epoch)
@@ -238,12 +237,12 @@ class DualEncoderTask(Task):
         self.plan = clustered_plan(self.query_vectors, size, self.global_batch, seed, epoch)
         return len(self.plan)
 
-    def before_step(self, step: int) -> None:
+    def before_step(self, step: int, position: int) -> None:
         mined = self.spec.negatives.mined
         if mined is None or self.mined_at == step or not (step % mined.refresh_every == 0 or self.mine_pending):
             return
         steps = mined.refresh_every - step % mined.refresh_every
-        window = self.plan[self.next_position:self.next_position + steps * self.spec.optimizer.accumulate]
+        window = self.plan[position:position + steps * self.spec.optimizer.accumulate]
         if not window:
             return
         self.encoder.train_mode(False)
@@ -253,16 +252,15 @@ class DualEncoderTask(Task):
             from xmr.encoders.vector_cache import encode_cached
 
             cached = encode_cached(self.encoder, self.label_items, "label")
-        rows = np.concatenate(window)
+        rows = np.unique(np.concatenate(window))
         self.hard_negatives = mine_hard_negatives(self.encoder, self.pairs, mined.depth, mined.factory, rows=rows,
                                                   label_vectors=cached)
         self.encoder.train_mode(True)
         self.mined_at, self.mine_pending = step, False
-        self.context.say(f"step {step}: mined {mined.depth} hard negatives for {len(np.unique(rows))} queries "
+        self.context.say(f"step {step}: mined {mined.depth} hard negatives for {len(rows)} queries "
                          f"in {time.perf_counter() - started:.1f} s")
 
     def forward(self, position: int, rng: np.random.Generator) -> ModelOutput:
-        self.next_position = position + 1
         negatives, processes = self.spec.negatives, self.context.processes
         batch = make_batch(self.pairs, self.plan[position], rng, one_positive=self.objective.one_positive_per_query,
                            all_labels=len(self.labels) <= negatives.all_labels_up_to,
@@ -309,14 +307,14 @@ class DualEncoderTask(Task):
         return arrays
 
     def state(self) -> dict[str, Any]:
-        return {"mined_at": self.mined_at, "mine_pending": self.mine_pending, "next_position": self.next_position}
+        return {"mined_at": self.mined_at, "mine_pending": self.mine_pending}
 
     def restore(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
         self.plan = np.split(arrays["plan"], np.cumsum(arrays["plan_sizes"])[:-1])
         self.hard_negatives = arrays.get("hard_negatives")
         self.query_vectors = arrays.get("query_vectors")
         self.mined_at = state["mined_at"]
-        self.mine_pending, self.next_position = state.get("mine_pending", False), state.get("next_position", 0)
+        self.mine_pending = state.get("mine_pending", False)
 
     def finish(self, best: dict[str, Any] | None) -> dict[str, Any]:
         """The best encoder's folder, and its index unless the label-vectors task follows (it writes the index)."""
