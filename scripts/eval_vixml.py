@@ -5,10 +5,10 @@
 
 ``--part reuters`` trains (unless ``runs/RUN/summary.json`` exists) the ViXML recipe
 (``training/vixml-smollm2-reuters.yaml``: LoRA SmolLM2-135M, OHNM triplet, clustered batches), the same recipe with
-xmr's multi-positive InfoNCE, and the MiniLM recipe (``training/reuters-minilm.yaml``) at the decoder's number of
-steps and at the decoder's training time, each in its own ``xmr train`` process whose wall time and peak RSS come
-from ``os.wait4``; then it scores every encoder, and both untrained starting points, on one seeded sample of the
-Reuters test split (decoders encode ~1 text/s on a shared core: the full 3,019 would take hours per model).
+xmr's multi-positive InfoNCE, and the MiniLM recipe (``training/reuters-minilm.yaml``) on the decoder's training
+articles and batch size, at the decoder's number of steps and at the decoder's training time, each in its own
+``xmr train`` process whose wall time and peak RSS come from ``os.wait4``; then it scores every encoder, and both
+untrained starting points, on one seeded sample of the Reuters test split (the decoders encode slowly on 2 cores).
 ``--train RUN`` trains that run only (to train the decoders side by side).
 
 ``--part coco`` trains ``training/vixml-coco-mini.yaml`` (MiniLM + image projection, early fusion), the same with the
@@ -70,8 +70,13 @@ def summary(name: str) -> dict[str, Any]:
 
 
 def overrides(name: str) -> list[str]:
-    """The run's ``--set`` fields: its name, and the MiniLM step caps (the ViXML recipe's steps; its train time)."""
+    """The run's ``--set`` fields: its name; for MiniLM the ViXML recipe's training articles and batch size (both
+    encoders see the same articles in batches of the same size) and the step caps (its steps; its train time)."""
     fields = [f"name={name}", *RUNS[name][1]]
+    if "minilm-reuters" in name:
+        vixml = load_recipe(ROOT / VIXML_RECIPE)
+        fields += [f"data.max_train={vixml.section('data').max_train}",
+                   f"batching.batch_size={vixml.section('batching').batch_size}"]
     if name == "vixml-minilm-reuters-steps":
         fields.append(f"schedule.max_steps={load_recipe(ROOT / VIXML_RECIPE).section('schedule').max_steps}")
     if name == "vixml-minilm-reuters-wallclock":
@@ -192,8 +197,9 @@ def reuters(only: str | None = None, train_missing: bool = True) -> None:
     write_table(out, table, ["P@1", "P@5", "PSP@1", "R@10"],
                 f"Reuters-21578 ModApte test sample ({TEST_SAMPLE} of {len(test)} articles, seed {SAMPLE_SEED}); "
                 f"metrics in %; train_s = the loop's training time, wall_s = the whole `xmr train` process, "
-                f"cpu_s = its CPU seconds (the 2 cores were shared with other jobs: wall time is mostly waiting), "
-                f"peak_rss_mib = its peak RSS. Made by `python scripts/eval_vixml.py --part reuters`.")
+                f"cpu_s = its CPU seconds, peak_rss_mib = its peak RSS; on 2 CPU cores, one run at a time. Every "
+                f"row trains on the same {load_recipe(ROOT / VIXML_RECIPE).section('data').max_train} articles in "
+                f"batches of the same size. Made by `python scripts/eval_vixml.py --part reuters`.")
 
 
 def coco(train_missing: bool = True) -> None:

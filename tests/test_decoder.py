@@ -7,6 +7,7 @@ import torch
 
 import xmr
 from xmr.encoders import decoder as decoder_module
+from xmr.encoders.fusable import IMAGE_SLOT
 from xmr.encoders.pooling import last_token_pool, mean_pool, pool
 from xmr.errors import EncoderError
 
@@ -51,6 +52,30 @@ def test_templates_eos_truncation_and_pooling_choice(tiny_decoder):
         xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "query_template": "no slot"})
     with pytest.raises(EncoderError, match="unknown pooling"):
         xmr.load_encoder({"type": "decoder-llm", "model": tiny_decoder, "pooling": "max"})
+
+
+def test_keep_template_tail_truncates_only_the_text(tiny_decoder, tmp_path):
+    template = "this : {text} means in one word"
+    long_text = " ".join(["python sql engineer cook food"] * 8)
+    config = {"type": "decoder-llm", "model": tiny_decoder, "max_length": 12, "query_template": template}
+    cut, kept = xmr.load_encoder(config), xmr.load_encoder({**config, "keep_template_tail": True})
+    tail = kept.tokenizer(" means in one word", add_special_tokens=False)["input_ids"]
+    eos = kept.tokenizer.eos_token_id
+    whole, inside = cut.token_ids([long_text], template)[0], kept.token_ids([long_text], template)[0]
+    assert len(whole) == len(inside) == 12
+    assert inside[-len(tail) - 1:] == tail + [eos]  # the template's ending and the EOS survive
+    assert whole[-len(tail) - 1:-1] != tail  # whole-prompt truncation cut them off
+    assert not np.allclose(cut.encode_queries([long_text]), kept.encode_queries([long_text]))
+    # image slots sit between the text and the template's tail, and add to the text's room instead of taking it
+    fused = kept.fusion_tokens(long_text, "query", 2, " and its image:").ids
+    assert fused[-len(tail) - 3:] == [IMAGE_SLOT, IMAGE_SLOT] + tail + [eos]
+    assert fused[:len(inside) - len(tail) - 1] == inside[:-len(tail) - 1]
+    # the key is written only when on: configs (and indexes) from before it keep their identity and vectors
+    assert "keep_template_tail" not in cut.config() and kept.config()["keep_template_tail"] is True
+    again = xmr.load_encoder(json.loads(json.dumps(kept.config())))
+    np.testing.assert_array_equal(again.encode_queries([long_text]), kept.encode_queries([long_text]))
+    with pytest.raises(EncoderError, match="no room for text"):
+        xmr.load_encoder({**config, "keep_template_tail": True, "max_length": len(tail) + 1}).encode_queries(["a"])
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

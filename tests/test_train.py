@@ -481,7 +481,8 @@ def test_lora_decoder_trains_and_reloads(tmp_path, task, tiny_decoder):
                           schedule={"epochs": 6})
     train(recipe, say=lambda message: None)
     run = tmp_path / "runs/run"
-    assert (run / "encoder/adapter/adapter_config.json").is_file()
+    adapter = json.loads((run / "encoder/adapter/adapter_config.json").read_text())
+    assert adapter["use_rslora"] is True and adapter["r"] == 4  # ViXML's rank-stabilised scaling, alpha/sqrt(r)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     validations = [entry["validation"]["P@1"] for entry in log if "validation" in entry]
     assert validations[-1] > validations[0] + 0.15, validations

@@ -20,7 +20,7 @@ PROMPT_EOL = 'This sentence : "{text}" means in one word:"'
 # the training setting) plus what it sets.
 BUNDLED_DECODER_ZERO_SHOT = {
     "smollm2-135m": {"query_template": PROMPT_EOL, "label_template": PROMPT_EOL, "append_eos": False,
-                     "pooling": "last_token"},
+                     "keep_template_tail": True, "pooling": "last_token"},
 }
 ALIASES = {"all-MiniLM-L6-v2": DEFAULT_TEXT_MODEL, "minilm": DEFAULT_TEXT_MODEL}
 

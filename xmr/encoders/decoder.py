@@ -5,6 +5,14 @@ Framework", Sec. 3 and its reference code) wraps each text in a prompt that ends
 decoder, and pools the last hidden states (masked mean by default, or the last token), then L2-normalises and
 optionally projects. Here the prompt templates are data in the encoder config, positions are counted over real
 tokens so left and right padding give the same vectors, and batches are sorted by length.
+
+With ``keep_template_tail`` long texts are cut inside the template, as in the reference (its ``tok_max_len``
+counts text tokens; the prefixes and the closing suffix are added around them): the template's words before and
+after ``{text}`` and the EOS always survive, and image slots go between the text and the template's tail. Without
+this, right truncation of the whole prompt cuts PromptEOL's ``means in one word:"`` ending, the very state
+last-token pooling reads. Configs written before this
+(no ``keep_template_tail`` key) keep their whole-prompt truncation, so their indexes stay valid; for a
+``{text}`` template (no tail) both are the same.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from xmr.io.cache import cache_path
 PROJECTION_FILE = "projection.safetensors"
 ADAPTER_FOLDER = "adapter"
 PROGRESS_THRESHOLD = 512
+TEXT_MARK = "\x00text\x00"  # stands in for {text} while a template is split into head and tail
 
 
 def _bundled_location(alias: str) -> tuple[str, str]:
@@ -90,7 +99,11 @@ def _torch_dtype(name: str, device: str) -> torch.dtype:
 
 @register_encoder("decoder-llm")
 class DecoderEncoder(DenseEncoder):
-    """A causal LM's backbone as an embedder; prompt templates contain ``{text}`` and the EOS token is appended."""
+    """A causal LM's backbone as an embedder; prompt templates contain ``{text}`` and the EOS token is appended.
+
+    ``keep_template_tail``: truncation shortens only the text, never the template around it (the bundled name turns
+    it on). It is off by default and written to the config only when on, so every config and index from before it
+    existed keeps its meaning and its vectors."""
 
     def __init__(
         self,
@@ -100,6 +113,7 @@ class DecoderEncoder(DenseEncoder):
         query_template: str = "{text}",
         label_template: str = "{text}",
         append_eos: bool = True,
+        keep_template_tail: bool = False,
         max_length: int = 128,
         normalize: bool = True,
         projection_dim: int | None = None,
@@ -118,8 +132,8 @@ class DecoderEncoder(DenseEncoder):
         if padding_side not in ("left", "right"):
             raise EncoderError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         for name, template in (("query_template", query_template), ("label_template", label_template)):
-            if "{text}" not in template:
-                raise EncoderError(f"{name} must contain '{{text}}', got {template!r}")
+            if template.count("{text}") != 1:
+                raise EncoderError(f"{name} must contain '{{text}}' once, got {template!r}")
         path = Path(model).expanduser()
         self.model_name = str(path.resolve()) if path.exists() else model
         self.gguf_file = gguf_file
@@ -127,6 +141,7 @@ class DecoderEncoder(DenseEncoder):
         self.query_template = query_template
         self.label_template = label_template
         self.append_eos = append_eos
+        self.keep_template_tail = keep_template_tail
         self.max_length = max_length
         self.normalize = normalize
         self.dtype = dtype
@@ -178,13 +193,25 @@ class DecoderEncoder(DenseEncoder):
         return self.query_template if side == "query" else self.label_template
 
     def token_ids(self, texts: Sequence[str], template: str) -> list[list[int]]:
-        """Prompted token ids per text, truncated to ``max_length`` while keeping the final EOS."""
-        room = self.max_length - (1 if self.append_eos else 0)
-        encoded = self.tokenizer([template.format(text=text) for text in texts], add_special_tokens=True,
-                                 truncation=True, max_length=room)["input_ids"]
-        if self.append_eos:
-            encoded = [ids + [self.tokenizer.eos_token_id] for ids in encoded]
-        return encoded
+        """Prompted token ids per text, at most ``max_length`` of them (see the module docstring on truncation)."""
+        heads, tail = self._prompt_parts(texts, template)
+        return [head + tail for head in heads]
+
+    def _prompt_parts(self, texts: Sequence[str], template: str) -> tuple[list[list[int]], list[int]]:
+        """Per text the ids up to the end of the text (truncated), and the ids after it (template tail + EOS) that
+        every text shares; with ``keep_template_tail`` off the whole prompt is the head, as configs before it had."""
+        end = [self.tokenizer.eos_token_id] if self.append_eos else []
+        if self.keep_template_tail:
+            head, _, tail = template.format(text=TEXT_MARK).partition(TEXT_MARK)
+            end = (self.tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []) + end
+            prompts = [head + text for text in texts]
+        else:
+            prompts = [template.format(text=text) for text in texts]
+        room = self.max_length - len(end)
+        if room < 1:
+            raise EncoderError(f"max_length {self.max_length} leaves no room for text in template {template!r}")
+        heads = self.tokenizer(prompts, add_special_tokens=True, truncation=True, max_length=room)["input_ids"]
+        return heads, end
 
     def _pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in sequences)
@@ -249,15 +276,15 @@ class DecoderEncoder(DenseEncoder):
 
     # ---- early fusion (xmr.encoders.fusable): ViXML's decoder layout ------------------------------------------
     def fusion_tokens(self, text: str, side: str, images: int, image_prefix: str) -> FusionTokens:
-        """``template(text) + image_prefix + image slots + EOS`` ("This product text: ... and its image: <img>
-        </s>"); without images, exactly :meth:`token_ids`."""
-        ids = self.token_ids([text], self._template(side))[0]
+        """``template head + text + image_prefix + image slots + template tail + EOS`` (ViXML's "text_image" order:
+        text prefix, text, image prefix, image, closing suffix); images add to ``max_length`` rather than take the
+        text's room, as the reference's ``tok_max_len + num_imgs + prompt_len``. Without images, exactly
+        :meth:`token_ids`."""
+        heads, tail = self._prompt_parts([text], self._template(side))
         if not images:
-            return FusionTokens(ids)
-        eos = ids[-1:] if self.append_eos else []
-        body = ids[:-1] if self.append_eos else ids
+            return FusionTokens(heads[0] + tail)
         prefix = self.tokenizer(image_prefix, add_special_tokens=False)["input_ids"]
-        return FusionTokens(body + prefix + [IMAGE_SLOT] * images + eos)
+        return FusionTokens(heads[0] + prefix + [IMAGE_SLOT] * images + tail)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         groups = {"encoder": [parameter for parameter in self.backbone.parameters() if parameter.requires_grad]}
@@ -279,6 +306,7 @@ class DecoderEncoder(DenseEncoder):
             "query_template": self.query_template,
             "label_template": self.label_template,
             "append_eos": self.append_eos,
+            **({"keep_template_tail": True} if self.keep_template_tail else {}),
             "max_length": self.max_length,
             "normalize": self.normalize,
             "projection_dim": self.projection_dim,

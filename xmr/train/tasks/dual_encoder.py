@@ -35,12 +35,14 @@ from xmr.train.tasks.base import LoopSettings, ParameterGroup, Task, TaskContext
 
 @dataclass
 class LoraSpec:
-    """LoRA adapter for decoder encoders (peft); defaults are ViXML's run script (rank 256, alpha 256, attention and
-    MLP projections; it sets no dropout)."""
+    """LoRA adapter for decoder encoders (peft); defaults are ViXML's run script and model code (rank 256, alpha 256,
+    attention and MLP projections, no dropout, rank-stabilised scaling: ``use_rslora=True`` in its utils.py, so the
+    update is scaled by alpha/sqrt(r) = 16 rather than alpha/r = 1; Kalajdzievski 2023)."""
 
     r: int = 256
     alpha: int = 256
     dropout: float = 0.0
+    rslora: bool = True
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                                "up_proj", "down_proj"])
 
@@ -202,7 +204,7 @@ class DualEncoderTask(Task):
         if not hasattr(text, "backbone"):
             raise XMRError("lora: LoRA adapters are for decoder-llm encoders (or fused ones over a decoder)")
         spec = self.spec.lora
-        config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+        config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, use_rslora=spec.rslora,
                             target_modules=spec.target_modules)
         text.backbone = get_peft_model(text.backbone, config)
 
