@@ -178,6 +178,18 @@ def test_towers_in_several_processes_all_keep_their_entries(tiny_clip, images, t
     np.testing.assert_allclose(third.embed(images)[0], expected, atol=1e-6)
 
 
+def test_a_checkpoint_retrained_in_place_is_not_answered_from_the_cache(tiny_clip, images, tmp_path):
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "tower.safetensors"
+    for seed in (0, 1):  # the same path, other weights: as a user retraining the tower would leave it
+        weights = ImageTower(model=tiny_clip, seed=seed, cache_dir=str(tmp_path / "scratch")).clip.state_dict()
+        save_file({name: value.contiguous() for name, value in weights.items()}, checkpoint)
+        vectors = ImageTower(model=tiny_clip, pretrained=str(checkpoint), cache_dir=str(tmp_path)).embed(images)[0]
+        direct = ImageTower(model=tiny_clip, seed=seed, cache_dir=str(tmp_path / f"direct-{seed}")).embed(images)[0]
+        np.testing.assert_allclose(vectors, direct, atol=1e-5)  # the weights now at the path, not cached ones
+
+
 def test_a_call_adds_a_part_with_its_new_entries_only(tiny_clip, images, tmp_path):
     cache_tower = tower(tiny_clip, tmp_path)
     cache_tower.embed(images[:2])

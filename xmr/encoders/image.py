@@ -61,13 +61,20 @@ class ImageTower:
             ) from None
         self.clip = clip.eval()
         self.dim = int(self.clip.visual.output_dim)
-        identity = json.dumps(self.config(), sort_keys=True)
-        self._cache_key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        self._cache_key = hashlib.sha256(json.dumps(self._cache_identity(), sort_keys=True).encode()).hexdigest()[:16]
         root = Path(cache_dir) if cache_dir else cache_root()
         self.cache = EmbeddingCache(root / "image-embeddings" / self._cache_key, self.dim)
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model_name, "pretrained": self.pretrained, "seed": self.seed}
+
+    def _cache_identity(self) -> dict[str, Any]:
+        """What the cached vectors depend on: the config, and for a local checkpoint file also its content (a
+        checkpoint retrained in place at the same path must not be answered from the old weights' entries)."""
+        identity = self.config()
+        if self.pretrained and Path(self.pretrained).is_file():
+            identity["pretrained_sha256"] = sha256_file(Path(self.pretrained))
+        return identity
 
     @torch.inference_mode()
     def _run(self, paths: list[Path]) -> np.ndarray:
