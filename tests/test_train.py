@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -258,6 +258,33 @@ def test_between_step_work_is_paid_from_max_seconds(tmp_path, monkeypatch):
     assert budget["between_step_seconds"] >= 0.1 and budget["steps_allowed"] == pausing
     # 0.1 s of a 0.3 s budget is a third of the steps; the measured step times vary a little between the runs
     assert pausing <= 0.8 * plain, (plain, pausing)
+
+
+class ValidatingLeastSquares(SlowLeastSquares):
+    """The slow toy task validated before the first step and after the last, each validation taking 0.06 s."""
+
+    def settings(self):
+        return replace(super().settings(), validate_before=True, validate_at_end=True)
+
+    def validate(self):
+        time.sleep(0.06)
+        return {"P@1": float(-self.loss(self.forward(0, None)))}
+
+
+def test_validations_are_paid_from_max_seconds(tmp_path, monkeypatch):
+    recipe = {"name": "toy", "method": "least-squares", "output": str(tmp_path / "runs"), "toy": {"lr": 0.1},
+              "checkpoint": {"every": 1000, "keep": 1}}
+    steps = {}
+    for name, task in (("plain", SlowLeastSquares), ("validating", ValidatingLeastSquares)):
+        monkeypatch.setitem(TASKS, "least-squares", task)
+        recipe["output"] = str(tmp_path / name)
+        (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
+        summary = train(tmp_path / "toy.yaml", say=lambda message: None)
+        steps[name] = (summary["steps"], summary["time_budget"])
+    (plain, _), (validating, budget) = steps["plain"], steps["validating"]
+    # the validation before and the one reserved for the end: 0.12 s of the 0.3 s budget
+    assert budget["between_step_seconds"] >= 0.12 and budget["steps_allowed"] == validating
+    assert validating <= 0.75 * plain, (plain, validating)
 
 
 # ---- batches, clustering, mining ------------------------------------------------------------------------------------

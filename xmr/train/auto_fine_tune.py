@@ -12,7 +12,8 @@ One default for every catalogue, chosen from what is measured, never per data se
   in-batch columns are mostly easy, and the labels the encoder confuses are the ones worth a column. The first
   mining reads the frozen encoder's label vectors from the vector cache (the channels need them anyway); every
   ``MINE_EVERY`` steps the labels are encoded again and the coming steps' queries mined; the loop pays those pauses
-  from the same ``max_seconds``, so they cost steps, not extra wall time.
+  and the validations (on a large catalogue each encodes every label) from the same ``max_seconds``, so they cost
+  steps, not the encoding time of the channels after the stage.
 - **Loss**: UWE's multi-positive InfoNCE in both directions (a query has several labels), temperature 0.05.
 - **Selection**: validation P@1 of the label-text index on the held-out queries before the first step and after
   the last; when the steps do not raise it, the frozen encoder is kept (its cached vectors stay valid).
@@ -31,7 +32,7 @@ from typing import Any
 from xmr.datasets import Instances
 from xmr.io.atomic import write_text_atomically
 
-FINE_TUNE_SHARE = 0.4  # of the budget: optimiser steps (validation and saving come on top)
+FINE_TUNE_SHARE = 0.4  # of the budget: steps, mining refreshes and validations (saving comes on top)
 MIN_FINE_TUNE_SECONDS = 60.0  # a smaller share is not worth loading a trainer for
 ALL_LABELS_UP_TO = 256
 EPOCHS = 2.0  # at most, however fast the steps are

@@ -6,10 +6,11 @@ and the learning-rate schedule (linear warm-up, then linear decay or constant). 
 schedule and keeps the best weights by the recipe's ``evaluation.metric``, checkpoints every ``checkpoint.every``
 steps and on SIGTERM/SIGINT (then raises :class:`TrainingInterrupted`). With ``schedule.max_seconds`` the step
 count is fixed after ``TIMED_STEPS`` timed steps: min(the recipe's count, max_seconds / the slowest process's mean
-step time), and the learning-rate schedule is stretched to it; the task's work between steps (mining refreshes) is
-paid from the same budget, so each such pause shortens the count by its length in steps. Everything random is
-seeded from (seed, epoch, batch) or (seed, step), so a run resumed from a checkpoint takes exactly the steps the
-uninterrupted run would have taken.
+step time), and the learning-rate schedule is stretched to it; the task's work between steps (mining refreshes) and
+the validations are paid from the same budget (the final validation is reserved at the length of the last one), so
+each such pause shortens the count by its length in steps and the whole stage keeps to ``max_seconds``. Everything
+random is seeded from (seed, epoch, batch) or (seed, step), so a run resumed from a checkpoint takes exactly the
+steps the uninterrupted run would have taken.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class Loop:
         self.optimizer = self.scheduler = None
         self.step_seconds: list[float] = []  # the timed steps of schedule.max_seconds
         self.timing: dict[str, Any] | None = None  # what max_seconds decided
-        self.between_seconds = 0.0  # the task's before_step work, paid from max_seconds too
+        self.between_seconds = 0.0  # the task's before_step work and the validations, paid from max_seconds too
+        self.validation_seconds = 0.0  # the last validation's length: what the final one is expected to take
         if self.parameters:
             self.optimizer = torch.optim.AdamW(
                 [{"params": group.parameters, "lr": group.lr,
@@ -129,7 +131,8 @@ class Loop:
 
     def _apply_time_budget(self, seconds: float) -> None:
         """Time the first steps; once ``TIMED_STEPS`` after the first are timed, cap the step count by what
-        ``max_seconds`` leaves after the task's between-step work so far (never below the steps already taken)."""
+        ``max_seconds`` leaves after the task's between-step work and validations so far, and the final validation
+        (never below the steps already taken)."""
         budget = self.settings.max_seconds
         if budget is None:
             return
@@ -140,14 +143,15 @@ class Loop:
             per_step = distributed.slowest(float(np.mean(self.step_seconds[1:])), self.processes)
             self.timing = {"max_seconds": budget, "measured_step_seconds": round(per_step, 4),
                            "steps_of_the_schedule": self.total_steps}
-        between = distributed.slowest(self.between_seconds, self.processes)
+        reserve = self.validation_seconds if self.settings.validate_at_end else 0.0
+        between = distributed.slowest(self.between_seconds + reserve, self.processes)
         allowed = max(self.step, min(self.timing["steps_of_the_schedule"],
                                      int((budget - between) / self.timing["measured_step_seconds"])))
         if allowed == self.timing.get("steps_allowed"):
             return
         self.timing.update(steps_allowed=allowed, between_step_seconds=round(between, 2))
         self.say(f"{self.context.task}: {self.timing['measured_step_seconds']:.2f} s per step and {between:.0f} s "
-                 f"between steps; schedule.max_seconds {budget:.0f} allows {allowed} of "
+                 f"between steps and validating; schedule.max_seconds {budget:.0f} allows {allowed} of "
                  f"{self.timing['steps_of_the_schedule']} steps")
         self._set_total_steps(allowed)
 
@@ -160,7 +164,9 @@ class Loop:
     # ---- validation and checkpoints -------------------------------------------------------------------------------
     def _validate(self) -> None:
         """Validation metrics into the log; a better ``evaluation.metric`` makes the current weights "best"."""
+        tick = time.perf_counter()
         metrics = self.task.validate() if self.processes.main else None
+        self.validation_seconds = time.perf_counter() - tick
         if metrics is not None:
             metric = self.recipe.evaluation.metric
             if metric not in metrics:
@@ -179,6 +185,7 @@ class Loop:
             state = {"step": self.step, "epoch": self.epoch, "position": self.position,
                      "epoch_batches": self.epoch_batches, "best": self.best, "elapsed_s": self.elapsed(),
                      "total_steps": self.total_steps, "timing": self.timing, "between_s": self.between_seconds,
+                     "validation_s": self.validation_seconds,
                      "task": self.task.state()}
             weights = ckpt.trainable_weights({group.name: group.parameters for group in self.groups})
             ckpt.save_checkpoint(ckpt.checkpoint_folder(self.context.checkpoints, self.step), weights=weights,
@@ -199,6 +206,7 @@ class Loop:
         self.step, self.epoch, self.position = saved["step"], saved["epoch"], saved["position"]
         self.epoch_batches, self.best, self.elapsed_before = saved["epoch_batches"], saved["best"], saved["elapsed_s"]
         self.timing, self.between_seconds = saved.get("timing"), saved.get("between_s", 0.0)
+        self.validation_seconds = saved.get("validation_s", 0.0)
         self._set_total_steps(saved.get("total_steps", self.total_steps))  # the count max_seconds fixed, if it did
 
     def elapsed(self) -> float:
@@ -229,6 +237,7 @@ class Loop:
             self._begin_epoch(0)
             if settings.validate_before:
                 self._validate()
+                self.between_seconds += self.validation_seconds
         self.say(f"{context.task}: {self.total_steps} optimiser steps of {settings.accumulate} micro-batches "
                  f"({settings.batches_per_epoch} per epoch), device {self.processes.device}")
         previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
@@ -263,6 +272,7 @@ class Loop:
                          f"{entry['elapsed_s']:.0f} s")
             if every and self.step % every == 0 and self.step < total:
                 self._validate()
+                self.between_seconds += self.validation_seconds
             if self.step % self.recipe.checkpoint.every == 0 or self.stop_signal is not None:
                 self._checkpoint()
             if self.stop_signal is not None:
