@@ -256,7 +256,7 @@ class Loop:
                         disable=None if self.processes.main else True)  # None: off when not a terminal
         while self.step < self.total_steps:
             tick = time.perf_counter()
-            self.task.before_step(self.step, self.position)
+            self.task.before_step(self.step, self.position, self.total_steps - self.step)
             self.between_seconds += time.perf_counter() - tick
             tick = time.perf_counter()
             entry = self._optimiser_step()

@@ -143,9 +143,10 @@ class Task(ABC):
     def begin_epoch(self, epoch: int) -> int:
         """Plan epoch ``epoch``'s micro-batches (deterministic from the seed and the epoch); returns their number."""
 
-    def before_step(self, step: int, position: int) -> None:  # noqa: B027 (an optional hook)
-        """Work before optimiser step ``step``, whose first micro-batch is ``position`` of the current epoch's plan
-        (e.g. refreshing the mined negatives of the coming batches)."""
+    def before_step(self, step: int, position: int, steps_left: int) -> None:  # noqa: B027 (an optional hook)
+        """Work before optimiser step ``step``, whose first micro-batch is ``position`` of the current epoch's plan,
+        with ``steps_left`` steps to go counting this one (e.g. refreshing the mined negatives of the coming
+        batches, or not when too few steps are left to use them)."""
 
     @abstractmethod
     def forward(self, position: int, rng: np.random.Generator) -> Any:

@@ -57,7 +57,9 @@ class LossSpec:
 class MinedSpec:
     """ANCE-style hard negatives: top labels of each training query in an index of the current label vectors.
 
-    A refresh mines the queries of the batches up to the next refresh (and a new epoch's plan triggers one)."""
+    A refresh mines the queries of the batches up to the next refresh (and a new epoch's plan triggers one); once
+    mined, a refresh that would serve fewer than half of ``refresh_every`` remaining steps is skipped (the last
+    steps keep the negatives they have), so a run capped by ``max_seconds`` does not pay for one it cannot use."""
 
     per_query: int = 2  # hard negatives added to the batch per query
     depth: int = 20  # how many top non-positive labels to keep per query at each refresh
@@ -239,11 +241,13 @@ class DualEncoderTask(Task):
         self.plan = clustered_plan(self.query_vectors, size, self.global_batch, seed, epoch)
         return len(self.plan)
 
-    def before_step(self, step: int, position: int) -> None:
+    def before_step(self, step: int, position: int, steps_left: int) -> None:
         mined = self.spec.negatives.mined
         if mined is None or self.mined_at == step or not (step % mined.refresh_every == 0 or self.mine_pending):
             return
-        steps = mined.refresh_every - step % mined.refresh_every
+        if self.mined_at is not None and steps_left < mined.refresh_every / 2:
+            return
+        steps = min(mined.refresh_every - step % mined.refresh_every, steps_left)
         window = self.plan[position:position + steps * self.spec.optimizer.accumulate]
         if not window:
             return
