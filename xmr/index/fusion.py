@@ -100,6 +100,13 @@ def objective(metrics: Mapping[str, float]) -> float:
     return 0.5 * (metrics["P@1"] + metrics["PSP@1"])
 
 
+def objective_of(rows: np.ndarray, truth: list[np.ndarray], inverse_propensity: np.ndarray) -> float:
+    """:func:`objective` of a ranking, computing only its two metrics (a grid point costs ~1/5 of the full
+    :func:`~xmr.evaluation.ranking_metrics`, which dominated the search on 2,000 validation queries)."""
+    return objective({"P@1": m.precision_at_k(rows, truth, 1),
+                      "PSP@1": m.psprecision_at_k(rows, truth, inverse_propensity, 1)})
+
+
 def choose_weights(results: Mapping[str, SearchResult], truth: list[np.ndarray], inverse_propensity: np.ndarray,
                    step: float = 0.1) -> dict[str, Any]:
     """Grid search of channel weights on the simplex (multiples of ``step``) on validation results; returns the
@@ -113,7 +120,7 @@ def choose_weights(results: Mapping[str, SearchResult], truth: list[np.ndarray],
         if sum(combination) != units:
             continue
         rows, _ = fuse_table(union, table, np.array(combination) / units, 5)
-        value = objective(ranking_metrics(padded(rows, 5), truth, ks, inverse_propensity))
+        value = objective_of(padded(rows, 5), truth, inverse_propensity)
         if best is None or value > best[0] + 1e-12:
             best = (value, combination)
     assert best is not None

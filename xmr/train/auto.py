@@ -37,9 +37,9 @@ from xmr.datasets import Instances, read_instances
 from xmr.encoders import load_encoder
 from xmr.encoders.vector_cache import CHUNK, chunk_path, encode_cached, encode_chunk
 from xmr.errors import InvalidArgument
-from xmr.evaluation import ranking_metrics, truth_as_rows
+from xmr.evaluation import truth_as_rows
 from xmr.index import build_index_from_embeddings
-from xmr.index.fusion import DEPTH, FusedPredictor, choose_weights, objective, propensities
+from xmr.index.fusion import DEPTH, FusedPredictor, choose_weights, objective_of, propensities
 from xmr.index.knn import build_knn_index
 from xmr.index.lexical import build_lexical_index
 from xmr.io.atomic import write_text_atomically
@@ -173,7 +173,7 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
     for m in KNN_GRID["m"]:
         for power in KNN_GRID["power"]:
             result = knn.predict_encoded(held_vectors, k=5, m=m, power=power)
-            grid.append((objective(ranking_metrics(result.rows, held_rows, (1, 3, 5), inverse)), m, power))
+            grid.append((objective_of(result.rows, held_rows, inverse), m, power))
     _, best_m, best_power = max(grid)
     knn_knobs = choices.add("knn knobs", {"m": best_m, "power": best_power},
                             f"best mean(P@1, PSP@1) on validation over m {KNN_GRID['m']} x power "
