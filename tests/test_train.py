@@ -209,10 +209,10 @@ def test_a_task_registered_outside_xmr_trains_through_the_loop(tmp_path, monkeyp
 
 
 class SlowLeastSquares(LeastSquares):
-    """The toy task at >= 10 ms a step, 100 steps on a linear schedule, capped at 0.3 s of steps."""
+    """The toy task at >= 10 ms a step, 100 steps on a linear schedule, capped at 0.6 s of steps."""
 
     def settings(self):
-        return LoopSettings(batches_per_epoch=8, max_steps=100, warmup=0.1, max_seconds=0.3)
+        return LoopSettings(batches_per_epoch=8, max_steps=100, warmup=0.1, max_seconds=0.6)
 
     def forward(self, position, rng):
         time.sleep(0.01)
@@ -227,7 +227,7 @@ def test_max_seconds_caps_the_steps_and_stretches_the_schedule_to_them(tmp_path,
     summary = train(tmp_path / "toy.yaml", say=lambda message: None)
     budget = summary["time_budget"]
     assert budget["steps_of_the_schedule"] == 100 and budget["measured_step_seconds"] >= 0.01
-    assert 5 <= summary["steps"] == budget["steps_allowed"] <= 30
+    assert 5 <= summary["steps"] == budget["steps_allowed"] <= 60
     log = [json.loads(line) for line in (tmp_path / "runs/toy/log.jsonl").read_text().splitlines()]
     rates = [entry["lr"]["toy-weights"] for entry in log]
     assert len(rates) == summary["steps"] and rates[-1] == 0.0  # the linear decay ends at the capped count
@@ -236,54 +236,49 @@ def test_max_seconds_caps_the_steps_and_stretches_the_schedule_to_them(tmp_path,
 
 
 class PausingLeastSquares(SlowLeastSquares):
-    """The slow toy task with 0.15 s of between-step work (like a mining refresh) before step 6."""
+    """The slow toy task with 0.3 s of between-step work (like a mining refresh) before step 6."""
 
     def before_step(self, step, position, steps_left):
         if step == 6:
-            time.sleep(0.15)
+            time.sleep(0.3)
 
 
-def test_between_step_work_is_paid_from_max_seconds(tmp_path, monkeypatch):
-    recipe = {"name": "toy", "method": "least-squares", "output": str(tmp_path / "runs"), "toy": {"lr": 0.1},
-              "checkpoint": {"every": 1000, "keep": 1}}
-    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
+def budgeted_steps(tmp_path, monkeypatch, pausing_task):
+    """Steps of the slow toy task and of ``pausing_task`` under the same 0.6 s budget, and the latter's timing."""
+    recipe = {"name": "toy", "method": "least-squares", "toy": {"lr": 0.1}, "checkpoint": {"every": 1000, "keep": 1}}
     steps = {}
-    for name, task in (("plain", SlowLeastSquares), ("pausing", PausingLeastSquares)):
+    for name, task in (("plain", SlowLeastSquares), ("pausing", pausing_task)):
         monkeypatch.setitem(TASKS, "least-squares", task)
-        recipe["output"] = str(tmp_path / name)
-        (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
+        (tmp_path / "toy.yaml").write_text(yaml.safe_dump({**recipe, "output": str(tmp_path / name)}))
         summary = train(tmp_path / "toy.yaml", say=lambda message: None)
         steps[name] = (summary["steps"], summary["time_budget"])
     (plain, _), (pausing, budget) = steps["plain"], steps["pausing"]
-    assert budget["between_step_seconds"] >= 0.15 and budget["steps_allowed"] == pausing
-    # 0.15 s of a 0.3 s budget is half of the steps; the measured step times vary a little between the runs
+    assert budget["steps_allowed"] == pausing
+    return plain, pausing, budget
+
+
+def test_between_step_work_is_paid_from_max_seconds(tmp_path, monkeypatch):
+    plain, pausing, budget = budgeted_steps(tmp_path, monkeypatch, PausingLeastSquares)
+    assert budget["between_step_seconds"] >= 0.3
+    # 0.3 s of a 0.6 s budget is half of the steps; the measured step times vary a little between the runs
     assert pausing <= 0.8 * plain, (plain, pausing)
 
 
 class ValidatingLeastSquares(SlowLeastSquares):
-    """The slow toy task validated before the first step and after the last, each validation taking 0.08 s."""
+    """The slow toy task validated before the first step and after the last, each validation taking 0.16 s."""
 
     def settings(self):
         return replace(super().settings(), validate_before=True, validate_at_end=True)
 
     def validate(self):
-        time.sleep(0.08)
+        time.sleep(0.16)
         return {"P@1": float(-self.loss(self.forward(0, None)))}
 
 
 def test_validations_are_paid_from_max_seconds(tmp_path, monkeypatch):
-    recipe = {"name": "toy", "method": "least-squares", "output": str(tmp_path / "runs"), "toy": {"lr": 0.1},
-              "checkpoint": {"every": 1000, "keep": 1}}
-    steps = {}
-    for name, task in (("plain", SlowLeastSquares), ("validating", ValidatingLeastSquares)):
-        monkeypatch.setitem(TASKS, "least-squares", task)
-        recipe["output"] = str(tmp_path / name)
-        (tmp_path / "toy.yaml").write_text(yaml.safe_dump(recipe))
-        summary = train(tmp_path / "toy.yaml", say=lambda message: None)
-        steps[name] = (summary["steps"], summary["time_budget"])
-    (plain, _), (validating, budget) = steps["plain"], steps["validating"]
-    # the validation before and the one reserved for the end: 0.16 s of the 0.3 s budget
-    assert budget["between_step_seconds"] >= 0.16 and budget["steps_allowed"] == validating
+    plain, validating, budget = budgeted_steps(tmp_path, monkeypatch, ValidatingLeastSquares)
+    # the validation before and the one reserved for the end: 0.32 s of the 0.6 s budget
+    assert budget["between_step_seconds"] >= 0.32
     assert validating <= 0.75 * plain, (plain, validating)
 
 
