@@ -143,7 +143,7 @@ def test_label_vectors_resume_exactly_after_a_crash(tmp_path, monkeypatch):
     register_frozen(monkeypatch, *data)
     straight = train_frozen(tmp_path / "straight", **settings)
 
-    def crash(self, step: int, position: int) -> None:
+    def crash(self, step: int, position: int, steps_left: int) -> None:
         if step == 13:
             raise RuntimeError("crash")
 
