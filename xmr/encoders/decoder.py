@@ -10,9 +10,8 @@ With ``keep_template_tail`` long texts are cut inside the template, as in the re
 counts text tokens; the prefixes and the closing suffix are added around them): the template's words before and
 after ``{text}`` and the EOS always survive, and image slots go between the text and the template's tail. Without
 this, right truncation of the whole prompt cuts PromptEOL's ``means in one word:"`` ending, the very state
-last-token pooling reads. Configs written before this
-(no ``keep_template_tail`` key) keep their whole-prompt truncation, so their indexes stay valid; for a
-``{text}`` template (no tail) both are the same.
+last-token pooling reads. Configs written before this (no ``keep_template_tail`` key) keep their whole-prompt
+truncation, so their indexes stay valid; for a ``{text}`` template (no tail) both are the same.
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def objective(metrics: Mapping[str, float]) -> float:
 
 
 def objective_of(rows: np.ndarray, truth: list[np.ndarray], inverse_propensity: np.ndarray) -> float:
-    """:func:`objective` of a ranking, computing only its two metrics (a grid point costs ~1/5 of the full
+    """:func:`objective` of a ranking, computing only its two metrics (a grid point costs ~1/7 of the full
     :func:`~xmr.evaluation.ranking_metrics`, which dominated the search on 2,000 validation queries)."""
     return objective({"P@1": m.precision_at_k(rows, truth, 1),
                       "PSP@1": m.psprecision_at_k(rows, truth, inverse_propensity, 1)})

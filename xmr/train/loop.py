@@ -167,6 +167,7 @@ class Loop:
         tick = time.perf_counter()
         metrics = self.task.validate() if self.processes.main else None
         self.validation_seconds = time.perf_counter() - tick
+        self.between_seconds += self.validation_seconds  # paid from max_seconds like between-step work
         if metrics is not None:
             metric = self.recipe.evaluation.metric
             if metric not in metrics:
@@ -237,7 +238,6 @@ class Loop:
             self._begin_epoch(0)
             if settings.validate_before:
                 self._validate()
-                self.between_seconds += self.validation_seconds
         self.say(f"{context.task}: {self.total_steps} optimiser steps of {settings.accumulate} micro-batches "
                  f"({settings.batches_per_epoch} per epoch), device {self.processes.device}")
         previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
@@ -272,7 +272,6 @@ class Loop:
                          f"{entry['elapsed_s']:.0f} s")
             if every and self.step % every == 0 and self.step < total:
                 self._validate()
-                self.between_seconds += self.validation_seconds
             if self.step % self.recipe.checkpoint.every == 0 or self.stop_signal is not None:
                 self._checkpoint()
             if self.stop_signal is not None:
