@@ -38,7 +38,8 @@ PEER_WAIT_S = 1800  # --reuse-peers: how long to wait for a peers run already wr
 KS = (1, 3, 5, 10)
 COLUMNS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5", "R@10")
 CHANNELS = {"fused": "xmr --auto (fused)", "text": "  channel: label text",
-            "centroid": "  channel: text + centroid", "knn": "  channel: instance kNN", "lexical": "  channel: TF-IDF"}
+            "centroid": "  channel: text + centroid", "knn": "  channel: instance kNN", "lexical": "  channel: TF-IDF",
+            "learned": "  channel: learned label vectors"}
 ZERO_SHOT = "zero-shot MiniLM (label text, no training)"
 
 

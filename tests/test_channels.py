@@ -240,10 +240,47 @@ def test_auto_recipe_reads_method_auto_and_reports_missing_fields(tmp_path):
     settings = auto_recipe(ROOT / "training" / "tibkat-auto.yaml")
     assert settings == {"name": "tibkat-auto", "labels": "../shared/data/tibkat_gnd_en/labels.jsonl",
                         "train": "../shared/data/tibkat_gnd_en/train.jsonl", "budget": "20m", "seed": 0,
-                        "fine_tune": True}
+                        "fine_tune": True, "learned": True}
     assert auto_recipe(ROOT / "training" / "reuters-minilm.yaml") is None  # any other recipe: load_recipe's
     broken = tmp_path / "broken.yaml"
-    broken.write_text("name: x\nmethod: auto\ndata: {labels: l.jsonl}\nauto: {budget: 5m, steps: 3}\n")
+    broken.write_text("name: x\nmethod: auto\ndata: {labels: l.jsonl}\nauto: {budget: 5m, steps: 3, learned: 1}\n")
     with pytest.raises(RecipeError, match=r"data.train: required by method auto; auto.steps: unknown field "
-                                          r"\(known: budget, fine_tune\)"):
+                                          r"\(known: budget, fine_tune, learned\); auto.learned: true or false"):
         auto_recipe(broken)
+
+
+def test_auto_learned_label_vectors_beat_the_centroid_channel_and_encode_nothing_again(tmp_path, tiny_model,
+                                                                                       monkeypatch):
+    """The learned channel (text + centroid + per-label classifier, epoch chosen on validation) raises validation
+    P@1 above the untrained text + centroid channel, and reads every vector from the cache the channels filled."""
+    from conftest import synthetic_task
+
+    from xmr.encoders.sentence_transformer import SentenceTransformerEncoder
+
+    encoded = []
+    original = SentenceTransformerEncoder.encode_queries
+
+    def counting(self, items):
+        encoded.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(SentenceTransformerEncoder, "encode_queries", counting)
+    task = synthetic_task(tmp_path / "task")  # label and query texts share no words
+    runs = {}
+    for learn in (False, True):
+        monkeypatch.setenv("XMR_CACHE", str(tmp_path / f"cache-{learn}"))
+        encoded.clear()
+        runs[learn] = auto_train(task / "labels.jsonl", task / "train.jsonl", tmp_path / f"run-{learn}", "5m",
+                                 say=lambda *_: None, encoder={"type": "sentence-transformers", "model": tiny_model},
+                                 fine_tune=False, learn=learn)
+        runs[learn]["encoded"] = sum(encoded)
+    assert runs[True]["encoded"] == runs[False]["encoded"]  # the stage encoded no query the channels had not
+    validation = runs[True]["validation"]
+    print({name: round(values["P@1"], 3) for name, values in validation.items()})
+    assert validation["learned"]["P@1"] > validation["centroid"]["P@1"] + 0.05
+    choices = {entry["what"]: entry for entry in json.loads((tmp_path / "run-True" / "choices.json").read_text())}
+    assert choices["learned label vectors"]["value"]["epoch"] >= 1
+    assert choices["learned label vectors"]["value"]["shortlist"] == 0  # 24 labels: all of them as columns
+    assert "learned" not in runs[False]["validation"]
+    fused = load_predictor(tmp_path / "run-True" / "index")
+    assert "learned" in fused.channels and runs[True]["weights"]["learned"] > 0

@@ -295,7 +295,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         labels, train_split = args.auto
         name = args.name or f"{Path(labels).resolve().parent.name}-auto"
         print(json.dumps(auto_train(labels, train_split, Path("runs") / name, args.budget,
-                                    fine_tune=args.fine_tune), indent=2))
+                                    fine_tune=args.fine_tune, learn=args.learned), indent=2))
         return
     if args.recipe is None:
         raise XMRError("train needs a recipe, or --auto LABELS TRAIN")
@@ -304,7 +304,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     settings = auto_recipe(args.recipe)
     if settings is not None:  # a recipe with method: auto
         print(json.dumps(auto_train(settings["labels"], settings["train"], Path("runs") / settings["name"],
-                                    settings["budget"], settings["seed"], fine_tune=settings["fine_tune"]),
+                                    settings["budget"], settings["seed"], fine_tune=settings["fine_tune"],
+                                    learn=settings["learned"]),
                          indent=2))
         return
     recipe = load_recipe(args.recipe, dict(args.set or []))
@@ -438,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--budget", default="20m", help="wall-clock budget of --auto (20m, 90s, 1h)")
     training.add_argument("--no-fine-tune", dest="fine_tune", action="store_false",
                           help="--auto: keep the encoder frozen (no fine-tuning stage)")
+    training.add_argument("--no-learned", dest="learned", action="store_false",
+                          help="--auto: leave out the learned label-vector channel")
     training.add_argument("--name", help="run folder name of --auto (runs/NAME; default: the data folder + -auto)")
     start = training.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,15 @@ def encode_cached(encoder: DenseEncoder, items: Sequence[Item], side: str = "que
     parts = [encode_chunk(encoder, texts[start:start + chunk], side, folder)
              for start in range(0, len(texts), chunk)]
     return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
+
+
+def encode_items_cached(encoder: DenseEncoder, items: Sequence[Item], side: str = "query") -> np.ndarray:
+    """:func:`encode_cached` when every item is text only; items with images are encoded directly (the key hashes
+    texts, so it cannot tell two images apart)."""
+    if all(isinstance(item, str) or (isinstance(item, Mapping) and not {"image", "images"} & set(item))
+           for item in items):
+        return encode_cached(encoder, items, side)
+    return encoder.encode_queries(items) if side == "query" else encoder.encode_labels(items)
 
 
 def chunk_path(encoder: DenseEncoder, texts: Sequence[str], side: str, folder: Path | None = None) -> Path:

@@ -16,7 +16,9 @@ throughput on this machine, validation metrics) and written with its reason to `
 4. **Channels** (each a predictor folder, :mod:`xmr.index.knn`, :mod:`xmr.index.lexical`, label indexes):
    ``text`` (zero-shot label-text vectors: the floor for labels with no training data), ``centroid`` (text +
    mean of the label's training query vectors, ``centroid_enriched``), ``knn`` (instance votes; ``m`` and
-   ``power`` chosen on validation), ``lexical`` (TF-IDF prototypes).
+   ``power`` chosen on validation), ``lexical`` (TF-IDF prototypes), ``learned`` (text + centroid + per-label
+   classifier vectors trained on the frozen query vectors within ``LABEL_VECTOR_SHARE`` of the budget, their epoch
+   chosen on validation: :mod:`xmr.train.auto_label_vectors`).
 5. **Fusion**: weights on the validation split (:func:`xmr.index.fusion.choose_weights`), then every channel is
    rebuilt on all training data with the chosen knobs and saved as ``runs/NAME/index`` (kind ``fused``).
 """
@@ -45,11 +47,13 @@ from xmr.index.lexical import build_lexical_index
 from xmr.io.atomic import write_text_atomically
 from xmr.train.auto_fine_tune import FINE_TUNE_SHARE
 from xmr.train.auto_fine_tune import fine_tune as fine_tune_encoder
-from xmr.train.label_vectors import centroid_enriched, label_centroids
+from xmr.train.auto_label_vectors import LABEL_VECTOR_SHARE, learn_label_vectors
+from xmr.train.label_vectors import centroid_enriched, label_centroids, unit_length
 
 ENCODER = {"type": "sentence-transformers", "model": "all-MiniLM-L6-v2", "max_seq_length": 64}
 DEFAULT_BUDGET = "20m"
-ENCODE_SHARE = 0.7  # of the budget: the training queries' encoding; the rest builds, selects and saves channels
+ENCODE_SHARE = 0.7  # of the budget: the training queries' encoding; then label vectors (LABEL_VECTOR_SHARE), the rest
+# builds, selects and saves channels
 VALIDATION_SHARE = 0.1
 MAX_VALIDATION = 2000
 MIN_VALIDATION = 20
@@ -112,25 +116,32 @@ def encode_training(encoder: Any, texts: list[str], seconds: float, choices: Cho
 
 
 def build_channels(labels: LabelCatalogue, encoder: Any, text_vectors: np.ndarray, vectors: np.ndarray,
-                   rows: list[np.ndarray], texts: list[str], knn_knobs: dict[str, float]) -> dict[str, Any]:
-    """The four channels over training queries ``vectors``/``texts`` (``rows``: their catalogue rows; the lexical
-    channel gets every text, the dense ones the encoded prefix)."""
+                   rows: list[np.ndarray], texts: list[str], knn_knobs: dict[str, float],
+                   learned: np.ndarray | None) -> dict[str, Any]:
+    """The channels over training queries ``vectors``/``texts`` (``rows``: their catalogue rows; the lexical
+    channel gets every text, the dense ones the encoded prefix), and ``learned`` label vectors when there are."""
     dense_rows = rows[:len(vectors)]
     centroids, counts = label_centroids(vectors, dense_rows, len(labels))
-    return {
+    channels = {
         "text": build_index_from_embeddings(labels, text_vectors, None, encoder=encoder),
         "centroid": build_index_from_embeddings(
             labels, centroid_enriched(text_vectors, centroids, counts, CENTROID_WEIGHT), None, encoder=encoder),
         "knn": build_knn_index(labels, vectors, dense_rows, encoder=encoder, **knn_knobs),
         "lexical": build_lexical_index(labels, texts, rows, text_weight=LEXICAL_TEXT_WEIGHT),
     }
+    if learned is not None:
+        channels["learned"] = build_index_from_embeddings(labels, learned, None, encoder=encoder,
+                                                          normalized=unit_length(learned))
+    return channels
 
 
 def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path, budget: str | float = DEFAULT_BUDGET,
-               seed: int = 0, say: Any = print, encoder: Any = None, fine_tune: bool = True) -> dict[str, Any]:
+               seed: int = 0, say: Any = print, encoder: Any = None, fine_tune: bool = True,
+               learn: bool = True) -> dict[str, Any]:
     """Build ``run/index`` (a fused predictor) from a catalogue and a training split within ``budget``; returns
     the summary also written to ``run/summary.json`` (see the module docstring). ``encoder``: another encoder
-    config than the default MiniLM (tests use a tiny one); ``fine_tune=False`` keeps it frozen."""
+    config than the default MiniLM (tests use a tiny one); ``fine_tune=False`` keeps it frozen; ``learn=False``
+    leaves out the learned label-vector channel."""
     started = time.perf_counter()
     run = Path(run)
     seconds = parse_budget(budget)
@@ -166,8 +177,13 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
     fit_rows, fit_texts = [rows[i] for i in kept], [texts[i] for i in kept]
     vectors = encode_training(encoder, fit_texts, ENCODE_SHARE * seconds - (time.perf_counter() - started), choices)
     inverse = propensities(fit_rows, len(labels))
+    learned = learn_label_vectors(run, labels_path, len(labels), train, kept[:len(vectors)].tolist(),
+                                  held.tolist(), config, LABEL_VECTOR_SHARE * seconds, seed, choices,
+                                  say) if learn else None
+    if not learn:
+        choices.add("learned label vectors", None, "off (learned: false)")
     channels = build_channels(labels, encoder, text_vectors, vectors, fit_rows, fit_texts,
-                              {"m": KNN_GRID["m"][0], "power": KNN_GRID["power"][0]})
+                              {"m": KNN_GRID["m"][0], "power": KNN_GRID["power"][0]}, learned)
     knn = channels["knn"]
     grid = []
     for m in KNN_GRID["m"]:
@@ -190,7 +206,7 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
     say(f"auto: weights {selection['weights']} (validation {selection['objective']} "
         f"{100 * selection['value']:.2f}); rebuilding the channels on all {len(train)} training queries")
     final = build_channels(labels, encoder, text_vectors, np.concatenate([held_vectors, vectors]),  # held-out too
-                           held_rows + fit_rows, held_texts + fit_texts, knn_knobs)
+                           held_rows + fit_rows, held_texts + fit_texts, knn_knobs, learned)
     fused = FusedPredictor(final, selection["weights"], DEPTH, {**selection, "knn": knn_knobs}, None)
     fused.save(run / "index")
     summary = {"index": str(run / "index"), "train_seconds": round(time.perf_counter() - started, 1),
@@ -204,8 +220,8 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
 
 def auto_recipe(path: str | Path) -> dict[str, Any] | None:
     """The ``--auto`` settings of a recipe whose ``method`` is ``auto`` (``name``, ``data.labels``, ``data.train``,
-    optional ``auto.budget``, ``auto.fine_tune`` and ``seed``), or None for any other recipe (which ``load_recipe``
-    then reads)."""
+    optional ``auto.budget``, ``auto.fine_tune``, ``auto.learned`` and ``seed``), or None for any other recipe
+    (which ``load_recipe`` then reads)."""
     import yaml
 
     from xmr.train.recipe import RecipeError, resolve_recipe
@@ -219,10 +235,10 @@ def auto_recipe(path: str | Path) -> dict[str, Any] | None:
         return None
     data, settings = values.get("data") or {}, values.get("auto") or {}
     problems = [f"data.{key}: required by method auto" for key in ("labels", "train") if not data.get(key)]
-    problems += [f"auto.{key}: unknown field (known: budget, fine_tune)" for key in settings
-                 if key not in ("budget", "fine_tune")]
-    if not isinstance(settings.get("fine_tune", True), bool):
-        problems.append(f"auto.fine_tune: true or false, got {settings['fine_tune']!r}")
+    problems += [f"auto.{key}: unknown field (known: budget, fine_tune, learned)" for key in settings
+                 if key not in ("budget", "fine_tune", "learned")]
+    problems += [f"auto.{key}: true or false, got {settings[key]!r}" for key in ("fine_tune", "learned")
+                 if not isinstance(settings.get(key, True), bool)]
     problems += [f"{key}: unknown field for method auto" for key in values
                  if key not in ("name", "method", "data", "auto", "seed")]
     if not values.get("name"):
@@ -231,4 +247,4 @@ def auto_recipe(path: str | Path) -> dict[str, Any] | None:
         raise RecipeError(f"{resolved}: " + "; ".join(problems))
     return {"name": values["name"], "labels": data["labels"], "train": data["train"],
             "budget": settings.get("budget", DEFAULT_BUDGET), "seed": int(values.get("seed", 0)),
-            "fine_tune": settings.get("fine_tune", True)}
+            "fine_tune": settings.get("fine_tune", True), "learned": settings.get("learned", True)}

@@ -27,21 +27,23 @@ class TrainingPairs:
     labels: LabelCatalogue
     dropped: int = 0  # queries without any label in the catalogue
     unknown_labels: int = 0  # label occurrences not in the catalogue
+    kept: list[int] | None = None  # each query's position among the instances it came from
 
     @classmethod
     def from_instances(cls, instances: Instances, labels: LabelCatalogue) -> TrainingPairs:
-        queries, positives, dropped, unknown = [], [], 0, 0
-        for item, label_ids in zip(instances.items(), instances.labels, strict=True):
+        queries, positives, kept, dropped, unknown = [], [], [], 0, 0
+        for position, (item, label_ids) in enumerate(zip(instances.items(), instances.labels, strict=True)):
             rows = sorted({labels.position(label) for label in label_ids if label in labels})
             unknown += sum(1 for label in label_ids if label not in labels)
             if rows:
                 queries.append(item)
                 positives.append(np.asarray(rows, dtype=np.int64))
+                kept.append(position)
             else:
                 dropped += 1
         if not queries:
             raise XMRError(f"{instances.source}: no training query has a label from {labels.source}")
-        return cls(queries, positives, labels, dropped, unknown)
+        return cls(queries, positives, labels, dropped, unknown, kept)
 
     def __len__(self) -> int:
         return len(self.queries)

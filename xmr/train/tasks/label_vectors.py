@@ -23,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 from xmr.catalogue import LabelCatalogue
 from xmr.datasets import Instances
 from xmr.encoders import Encoder, load_encoder
+from xmr.encoders.vector_cache import encode_items_cached
 from xmr.evaluation import evaluate
 from xmr.index import build_index_from_embeddings
 from xmr.io.atomic import write_folder_atomically
@@ -59,6 +60,7 @@ class LabelVectorsSpec:
     weight_decay: float = 0.0
     temperature: float = 0.05
     select_on_validation: bool = True  # keep the epoch that scores best on evaluation.metric
+    max_seconds: float | None = None  # wall-clock cap on the steps and validations (xmr train --auto's share)
 
 
 @dataclass
@@ -107,6 +109,8 @@ class LabelVectorsTask(Task):
             problems.append("label_vectors.lr: must be at least 0")
         if spec.weight_decay < 0:
             problems.append("label_vectors.weight_decay: must be at least 0")
+        if spec.max_seconds is not None and spec.max_seconds <= 0:
+            problems.append("label_vectors.max_seconds: must be positive")
         return problems
 
     def __init__(self, context: TaskContext) -> None:
@@ -125,27 +129,30 @@ class LabelVectorsTask(Task):
         self.plan: list[np.ndarray] = []
 
     def inputs(self) -> LabelVectorInputs:
-        """Everything encoded once by the frozen encoder: the previous task's best encoder, else ``encoder``."""
+        """Everything encoded once by the frozen encoder (the previous task's best encoder, else ``encoder``),
+        through the vector cache: a rerun, or ``xmr train --auto`` that encoded the same splits, encodes nothing."""
         context = self.context
         data = context.data()
         encoder = load_encoder(context.inputs.get("encoder", context.sections.encoder),
                                device=context.processes.device)
         encoder.train_mode(False)
         validating = self.spec.select_on_validation and data.validation is not None
+        queries = encode_items_cached(encoder, data.train.items(), "query")[data.pairs.kept]
         return LabelVectorInputs(
-            data.labels, encoder.encode_labels(data.labels.items()), encoder.encode_queries(data.pairs.queries),
+            data.labels, encode_items_cached(encoder, data.labels.items(), "label"), queries,
             data.pairs.positives, data.train, data.validation if validating else None,
-            encoder.encode_queries(data.validation.items()) if validating else None, encoder)
+            encode_items_cached(encoder, data.validation.items(), "query") if validating else None, encoder)
 
     # ---- what the loop drives --------------------------------------------------------------------------------
     def settings(self) -> LoopSettings:
-        """The section's epochs, batch size and weight decay; constant learning rate, fp32, no clipping; validation
-        before training and after every epoch when selecting on validation."""
+        """The section's epochs, batch size, weight decay and ``max_seconds``; constant learning rate, fp32, no
+        clipping; validation before training and after every epoch when selecting on validation."""
         batches = math.ceil(len(self.queries) / self.spec.batch_size)
         validating = self.given.validation is not None
         return LoopSettings(batches, max_steps=self.spec.epochs * batches, weight_decay=self.spec.weight_decay,
                             lr_schedule="constant", precision="fp32", validate_every=batches if validating else None,
-                            validate_before=validating, validate_at_end=validating)
+                            validate_before=validating, validate_at_end=validating,
+                            max_seconds=self.spec.max_seconds)
 
     def parameter_groups(self) -> list[ParameterGroup]:
         learned = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
