@@ -4,7 +4,7 @@ A recipe is data; the presets ship inside the package (``xmr/index/presets/*.yam
 from an installed wheel anywhere), and any YAML file of the same shape is a recipe too::
 
     name: hnsw32
-    factory: HNSW32                    # any faiss.index_factory string; {nlist}, {m}, {m4} filled in per catalogue
+    factory: HNSW32                    # any faiss.index_factory string; {nlist}, {nlist_lean}, {m}, {m4} filled in
     build: {efConstruction: 200}
     search: {efSearch: 128}            # defaults stored in the manifest; every search may override them
     rerank: 0                          # > 0: re-score that many candidates exactly from the stored float32 vectors
@@ -31,6 +31,7 @@ from xmr.errors import XMRError
 PRESET_FOLDER = resources.files("xmr.index") / "presets"
 EXACT_UP_TO = 50_000  # labels: below this, exact search is fast enough (< ~5 ms per query on one core at 384-d)
 ID_BYTES = 8  # every xmr index stores an int64 id per vector
+CENTROID_SHARE = 1 / 16  # {nlist_lean}: the float32 centroid table at most this share of the codes
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,14 @@ class IndexRecipe:
     reason: str = ""
 
     def resolved(self, n_labels: int, dim: int) -> IndexRecipe:
-        """The recipe with ``{nlist}`` (IVF lists), ``{m}`` (8-bit PQ sub-quantizers, dim/4) and ``{m4}`` (4-bit
+        """The recipe with ``{nlist}`` (IVF lists), ``{nlist_lean}`` (as many, fewer where the centroids would weigh
+        on small codes: :func:`lean_ivf_lists`), ``{m}`` (8-bit PQ sub-quantizers, dim/4) and ``{m4}`` (4-bit
         fast-scan sub-quantizers, dim/2) filled in; both PQ sizes take dim/4 bytes per label."""
-        factory = self.factory.format(nlist=ivf_lists(n_labels), m=pq_codes(dim, 4), m4=pq_codes(dim, 2))
-        return replace(self, factory=factory)
+        knobs = {"nlist": ivf_lists(n_labels), "m": pq_codes(dim, 4), "m4": pq_codes(dim, 2)}
+        if "{nlist_lean}" in self.factory:
+            codes = bytes_per_vector(self.factory.format(nlist_lean=1, **knobs), dim) - ID_BYTES
+            knobs["nlist_lean"] = lean_ivf_lists(n_labels, dim, codes)
+        return replace(self, factory=self.factory.format(**knobs))
 
     def to_manifest(self) -> dict[str, Any]:
         """What the manifest's ``recipe`` records (the knobs themselves live in the stages' sections)."""
@@ -61,6 +66,19 @@ def ivf_lists(n_labels: int) -> int:
     target = 4 * math.sqrt(max(n_labels, 1))
     lists = 2 ** max(0, round(math.log2(target)))
     while lists > 1 and n_labels < 39 * lists:
+        lists //= 2
+    return lists
+
+
+def lean_ivf_lists(n_labels: int, dim: int, code_bytes: float) -> int:
+    """:func:`ivf_lists`, halved until the float32 centroid table (lists x dim x 4 bytes) is at most
+    ``CENTROID_SHARE`` of the codes. On a small catalogue of small codes the centroids are a visible share of the
+    memory: IVF1024,SQ6 at 50,000 x 384 keeps 1.5 MB of centroids beside 14.4 MB of codes and sits at 0.258 of
+    Flat's resident memory, IVF512,SQ6 at 0.246 with recall@10 0.970 at nprobe 256
+    (``eval/bench/index-50k-peers/sq6-lists.md``); fewer, longer lists cost probes, not recall. Large catalogues keep
+    every list (4,096 at 723k: 6.3 MB of centroids beside 208 MB of codes)."""
+    lists = ivf_lists(n_labels)
+    while lists > 1 and lists * dim * 4 > CENTROID_SHARE * code_bytes * n_labels:
         lists //= 2
     return lists
 
@@ -80,6 +98,13 @@ def bytes_per_vector(factory: str, dim: int) -> float:
         return get_code_size(dim, factory) + ID_BYTES
     except (RuntimeError, AssertionError, ValueError, KeyError) as error:
         raise XMRError(f"cannot estimate the memory of FAISS factory {factory!r}: {error}") from None
+
+
+def index_bytes(factory: str, dim: int, n_labels: int) -> float:
+    """Resident bytes of an index of ``n_labels``: :func:`bytes_per_vector` for each, plus an IVF's float32 centroid
+    table (lists x dim x 4), which on small catalogues of small codes is a visible share."""
+    lists = re.search(r"IVF(\d+)", factory)
+    return bytes_per_vector(factory, dim) * n_labels + (int(lists.group(1)) * dim * 4 if lists else 0)
 
 
 def parse_memory(text: str | int | None) -> int | None:
@@ -105,7 +130,7 @@ def auto_recipe(n_labels: int, dim: int, max_memory: int | None = None, target_r
     budget = f"{max_memory / 1e9:.2f} GB" if max_memory else "no memory limit"
 
     def resident(recipe: IndexRecipe) -> float:
-        return bytes_per_vector(recipe.resolved(n_labels, dim).factory, dim) * n_labels
+        return index_bytes(recipe.resolved(n_labels, dim).factory, dim, n_labels)
 
     def fits(recipe: IndexRecipe) -> bool:
         return max_memory is None or resident(recipe) <= max_memory
