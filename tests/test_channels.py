@@ -255,8 +255,10 @@ def test_auto_learned_label_vectors_beat_the_centroid_channel_and_encode_nothing
     P@1 above the untrained text + centroid channel, and reads every vector from the cache the channels filled."""
     from conftest import synthetic_task
 
+    import xmr.train.auto_label_vectors as stage
     from xmr.encoders.sentence_transformer import SentenceTransformerEncoder
 
+    monkeypatch.setattr(stage, "SETTINGS", {**stage.SETTINGS, "lr": 1e-2})  # 216 queries: one step an epoch
     encoded = []
     original = SentenceTransformerEncoder.encode_queries
 
@@ -276,7 +278,6 @@ def test_auto_learned_label_vectors_beat_the_centroid_channel_and_encode_nothing
         runs[learn]["encoded"] = sum(encoded)
     assert runs[True]["encoded"] == runs[False]["encoded"]  # the stage encoded no query the channels had not
     validation = runs[True]["validation"]
-    print({name: round(values["P@1"], 3) for name, values in validation.items()})
     assert validation["learned"]["P@1"] > validation["centroid"]["P@1"] + 0.05
     choices = {entry["what"]: entry for entry in json.loads((tmp_path / "run-True" / "choices.json").read_text())}
     assert choices["learned label vectors"]["value"]["epoch"] >= 1
