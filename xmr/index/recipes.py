@@ -75,7 +75,8 @@ def lean_ivf_lists(n_labels: int, dim: int, code_bytes: float) -> int:
     ``CENTROID_SHARE`` of the codes. On a small catalogue of small codes the centroids are a visible share of the
     memory: IVF1024,SQ6 at 50,000 x 384 keeps 1.5 MB of centroids beside 14.4 MB of codes and sits at 0.258 of
     Flat's resident memory, IVF512,SQ6 at 0.246 with recall@10 0.970 at nprobe 256
-    (``eval/bench/index-50k-peers/sq6-lists.md``); fewer, longer lists cost probes, not recall. Large catalogues keep
+    (``eval/bench/index-50k-peers/sq6-lists.md``; 0.257 in that folder's report, where the per-process cost
+    measured higher); fewer, longer lists cost probes, not recall. Large catalogues keep
     every list (4,096 at 723k: 6.3 MB of centroids beside 208 MB of codes)."""
     lists = ivf_lists(n_labels)
     while lists > 1 and lists * dim * 4 > CENTROID_SHARE * code_bytes * n_labels:
