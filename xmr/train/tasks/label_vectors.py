@@ -130,7 +130,9 @@ class LabelVectorsTask(Task):
 
     def inputs(self) -> LabelVectorInputs:
         """Everything encoded once by the frozen encoder (the previous task's best encoder, else ``encoder``),
-        through the vector cache: a rerun, or ``xmr train --auto`` that encoded the same splits, encodes nothing."""
+        through the vector cache: a rerun, or ``xmr train --auto`` that encoded the same splits, encodes nothing.
+        Every training instance is encoded, also those without a known label, so the cache's chunks line up with
+        the split as others encoded it; the pairs' rows are then picked out (``pairs.kept``)."""
         context = self.context
         data = context.data()
         encoder = load_encoder(context.inputs.get("encoder", context.sections.encoder),
