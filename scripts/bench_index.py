@@ -374,7 +374,7 @@ def plot(rows: list[dict], out: Path, n: int) -> None:
 
 def xmr_plans(labels: np.ndarray, m_values: list[int]) -> list[tuple[IndexRecipe, list[dict], dict]]:
     """The xmr recipes and their knob sweeps: HNSW at every --M (efConstruction 200, as the presets), the quantised
-    graph with C++ refinement, the IVF recipes, the compressed refine recipe and ``auto`` under 1/4 of Flat."""
+    graph and the fast-scan IVF lists with C++ refinement, the IVF recipes, the compressed refine recipe and ``auto`` under 1/4 of Flat."""
     ef = [{"efSearch": value} for value in EF_SWEEP]
     hnsw = [(PRESETS[f"hnsw{m}"] if f"hnsw{m}" in PRESETS else IndexRecipe(f"hnsw{m}", f"HNSW{m}",
                                                                           {"efConstruction": 200}), ef, {})
@@ -383,7 +383,9 @@ def xmr_plans(labels: np.ndarray, m_values: list[int]) -> list[tuple[IndexRecipe
                                                                                                   96, 128)]
     refine_ivf = [{"nprobe": value, "k_factor_rf": factor} for factor in (5, 10, 20) for value in (8, 16, 32, 64, 128,
                                                                                                    256)]
-    return [*hnsw, (PRESETS["hnsw32-sq8-refine"], refine_ef, {}),
+    fastscan = [{"nprobe": value, "k_factor_rf": factor} for factor in (10, 20)
+                for value in (16, 24, 32, 48, 64, 96, 128, 192, 256)]
+    return [*hnsw, (PRESETS["hnsw32-sq8-refine"], refine_ef, {}), (PRESETS["ivf-fastscan-refine"], fastscan, {}),
             (PRESETS["ivf-sq8"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
             (PRESETS["ivf-sq6"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
             (PRESETS["ivf-pq"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),

@@ -58,16 +58,24 @@ def recall(found, truth):
 def test_recipe_arithmetic_and_memory_parsing():
     assert ivf_lists(1_000_000) == 4096 and ivf_lists(1000) == 16 and ivf_lists(10) == 1
     assert PRESETS["ivf-pq"].resolved(1_000_000, 384).factory == "IVF4096,PQ192x4fs"
-    # the compressed recipe drops lists where 1,024 float32 centroids (1.5 MB) would outweigh 1/16 of 50k SQ6 codes
-    assert [PRESETS["ivf-sq6"].resolved(n, 384).factory for n in (50_000, 200_000, 723_485)] == [
+    # {nlist_lean} drops lists where 1,024 float32 centroids (1.5 MB) would outweigh 1/16 of 50k SQ6 codes; the
+    # compressed preset's float16 centroids (0.79 MB) keep them
+    lean = recipes.IndexRecipe("lean", "IVF{nlist_lean},SQ6")
+    assert [lean.resolved(n, 384).factory for n in (50_000, 200_000, 723_485)] == [
         "IVF512,SQ6", "IVF2048,SQ6", "IVF4096,SQ6"]
+    assert [PRESETS["ivf-sq6"].resolved(n, 384).factory for n in (12_000, 50_000, 723_485)] == [
+        "IVF256(SQfp16),SQ6", "IVF1024(SQfp16),SQ6", "IVF4096(SQfp16),SQ6"]
     assert PRESETS["ivf-sq8"].resolved(50_000, 384).factory == "IVF1024,SQ8"  # {nlist} keeps every list
+    # fast-scan lists are cheap to scan: ~sqrt(n) of them, a quarter of {nlist}, dim/4 4-bit codes
+    assert [PRESETS["ivf-fastscan-refine"].resolved(n, 384).factory for n in (50_000, 200_000, 723_485)] == [
+        "IVF256,PQ96x4fs,RFlat", "IVF512,PQ96x4fs,RFlat", "IVF1024,PQ96x4fs,RFlat"]
     # FAISS code sizes plus an 8-byte id: 384 floats; 384 bytes; 96 bytes of PQ codes (8-bit x 96 or 4-bit x 192)
     assert bytes_per_vector("Flat", 384) == 384 * 4 + 8 and bytes_per_vector("IVF64,SQ8", 384) == 384 + 8
     assert bytes_per_vector("IVF64,PQ96", 384) == bytes_per_vector("IVF64,PQ192x4fs", 384) == 96 + 8
     assert bytes_per_vector("OPQ96,IVF1024,PQ96x4fs", 384) == 56  # 96 4-bit codes: 48 bytes; the rotation is shared
     assert bytes_per_vector("HNSW32", 384) == 384 * 4 + 2 * 32 * 4 + 8  # vectors + 64 level-0 links of 4 bytes
     assert index_bytes("IVF512,SQ6", 384, 50_000) == 50_000 * (288 + 8) + 512 * 384 * 4  # codes, ids, centroids
+    assert index_bytes("IVF512(SQfp16),SQ6", 384, 50_000) == 50_000 * (288 + 8) + 512 * 384 * 2
     assert index_bytes("HNSW32", 384, 10) == 10 * bytes_per_vector("HNSW32", 384)
     assert parse_memory("4GB") == 4_000_000_000 and parse_memory("512MiB") == 512 * 2**20 and parse_memory(7) == 7
     with pytest.raises(XMRError, match="--max-memory"):

@@ -17,7 +17,7 @@ from xmr.index.recipes import PRESETS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["hnsw32-sq8-refine", "ivf-pq-refine"])
+@pytest.mark.parametrize("name", ["hnsw32-sq8-refine", "ivf-pq-refine", "ivf-fastscan-refine"])
 def test_refine_presets_build_search_and_round_trip(name, tmp_path):
     labels, queries = clustered()
     truth = exact_top(labels, queries)
@@ -30,7 +30,8 @@ def test_refine_presets_build_search_and_round_trip(name, tmp_path):
     unrefined = index.search_embeddings(queries, k=10, k_factor_rf=1)
     # 32-d toy vectors, 4,000 labels: the presets are sized for 384-d (PQ{m4}x8 trains 256 centroids per code)
     assert recall(found.ids, truth) >= recall(unrefined.ids, truth)
-    assert recall(found.ids, truth) > {"hnsw32-sq8-refine": 0.9, "ivf-pq-refine": 0.75}[name]
+    assert recall(found.ids, truth) > {"hnsw32-sq8-refine": 0.9, "ivf-pq-refine": 0.75,
+                                      "ivf-fastscan-refine": 0.95}[name]
     for mmap in (False, True):
         loaded = load_index(tmp_path / name, mmap=mmap)
         assert np.array_equal(loaded.search_embeddings(queries, k=10).ids, found.ids)

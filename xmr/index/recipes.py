@@ -4,7 +4,8 @@ A recipe is data; the presets ship inside the package (``xmr/index/presets/*.yam
 from an installed wheel anywhere), and any YAML file of the same shape is a recipe too::
 
     name: hnsw32
-    factory: HNSW32                    # any faiss.index_factory string; {nlist}, {nlist_lean}, {m}, {m4} filled in
+    factory: HNSW32                    # any faiss.index_factory string; {nlist}, {nlist_lean}, {nlist_sqrt}, {m},
+                                       # {m4} filled in
     build: {efConstruction: 200}
     search: {efSearch: 128}            # defaults stored in the manifest; every search may override them
     rerank: 0                          # > 0: re-score that many candidates exactly from the stored float32 vectors
@@ -31,7 +32,7 @@ from xmr.errors import XMRError
 PRESET_FOLDER = resources.files("xmr.index") / "presets"
 EXACT_UP_TO = 50_000  # labels: below this, exact search is fast enough (< ~5 ms per query on one core at 384-d)
 ID_BYTES = 8  # every xmr index stores an int64 id per vector
-CENTROID_SHARE = 1 / 16  # {nlist_lean}: the float32 centroid table at most this share of the codes
+CENTROID_SHARE = 1 / 16  # {nlist_lean}: the IVF centroid table at most this share of the codes
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,16 @@ class IndexRecipe:
     reason: str = ""
 
     def resolved(self, n_labels: int, dim: int) -> IndexRecipe:
-        """The recipe with ``{nlist}`` (IVF lists), ``{nlist_lean}`` (as many, fewer where the centroids would weigh
-        on small codes: :func:`lean_ivf_lists`), ``{m}`` (8-bit PQ sub-quantizers, dim/4) and ``{m4}`` (4-bit
-        fast-scan sub-quantizers, dim/2) filled in; both PQ sizes take dim/4 bytes per label."""
-        knobs = {"nlist": ivf_lists(n_labels), "m": pq_codes(dim, 4), "m4": pq_codes(dim, 2)}
+        """The recipe with ``{nlist}`` (IVF lists, ~4 sqrt(n)), ``{nlist_lean}`` (as many, fewer where the centroids
+        would weigh on small codes: :func:`lean_ivf_lists`), ``{nlist_sqrt}`` (~sqrt(n): fewer, longer lists for
+        fast-scan codes, which are cheap to scan), ``{m}`` (8-bit PQ sub-quantizers, dim/4) and ``{m4}`` (4-bit
+        fast-scan sub-quantizers, dim/2) filled in; ``{m}`` 8-bit and ``{m4}`` 4-bit codes both take dim/4 bytes."""
+        knobs = {"nlist": ivf_lists(n_labels), "nlist_sqrt": ivf_lists(n_labels, lists_per_sqrt=1),
+                 "m": pq_codes(dim, 4), "m4": pq_codes(dim, 2)}
         if "{nlist_lean}" in self.factory:
-            codes = bytes_per_vector(self.factory.format(nlist_lean=1, **knobs), dim) - ID_BYTES
-            knobs["nlist_lean"] = lean_ivf_lists(n_labels, dim, codes)
+            probe = self.factory.format(nlist_lean=1, **knobs)
+            knobs["nlist_lean"] = lean_ivf_lists(n_labels, bytes_per_vector(probe, dim) - ID_BYTES,
+                                                 centroid_bytes(probe, dim))
         return replace(self, factory=self.factory.format(**knobs))
 
     def to_manifest(self) -> dict[str, Any]:
@@ -61,25 +65,25 @@ class IndexRecipe:
                 "rerank": self.rerank, "reason": self.reason}
 
 
-def ivf_lists(n_labels: int) -> int:
-    """IVF list count: ~4 sqrt(n) as a power of two, with at least 39 training points per list (FAISS's floor)."""
-    target = 4 * math.sqrt(max(n_labels, 1))
+def ivf_lists(n_labels: int, lists_per_sqrt: float = 4) -> int:
+    """IVF list count: ~``lists_per_sqrt`` sqrt(n) as a power of two, with at least 39 training points per list
+    (FAISS's floor)."""
+    target = lists_per_sqrt * math.sqrt(max(n_labels, 1))
     lists = 2 ** max(0, round(math.log2(target)))
     while lists > 1 and n_labels < 39 * lists:
         lists //= 2
     return lists
 
 
-def lean_ivf_lists(n_labels: int, dim: int, code_bytes: float) -> int:
-    """:func:`ivf_lists`, halved until the float32 centroid table (lists x dim x 4 bytes) is at most
-    ``CENTROID_SHARE`` of the codes. On a small catalogue of small codes the centroids are a visible share of the
-    memory: IVF1024,SQ6 at 50,000 x 384 keeps 1.5 MB of centroids beside 14.4 MB of codes and sits at 0.258 of
-    Flat's resident memory, IVF512,SQ6 at 0.246 with recall@10 0.970 at nprobe 256
-    (``eval/bench/index-50k-peers/sq6-lists.md``; 0.257 in that folder's report, where the per-process cost
-    measured higher); fewer, longer lists cost probes, not recall. Large catalogues keep
-    every list (4,096 at 723k: 6.3 MB of centroids beside 208 MB of codes)."""
+def lean_ivf_lists(n_labels: int, code_bytes: float, centroid_bytes: float) -> int:
+    """:func:`ivf_lists`, halved until the centroid table (lists x ``centroid_bytes``) is at most ``CENTROID_SHARE``
+    of the codes. On a small catalogue of small codes the centroids are a visible share of the memory: 1,024 float32
+    centroids at 50,000 x 384 are 1.5 MB beside 14.4 MB of SQ6 codes, and IVF1024,SQ6 sat at 0.258 of Flat's resident
+    memory where IVF512,SQ6 sat at 0.246 (``eval/bench/index-50k-peers/sq6-lists.md``); fewer, longer lists cost
+    probes, not recall. float16 centroids (``IVF{nlist_lean}(SQfp16)``) halve the table, so 50k keeps 1,024 lists;
+    large catalogues keep every list (4,096 at 723k: 6.3 MB of float32 centroids beside 208 MB of codes)."""
     lists = ivf_lists(n_labels)
-    while lists > 1 and lists * dim * 4 > CENTROID_SHARE * code_bytes * n_labels:
+    while lists > 1 and lists * centroid_bytes > CENTROID_SHARE * code_bytes * n_labels:
         lists //= 2
     return lists
 
@@ -101,11 +105,18 @@ def bytes_per_vector(factory: str, dim: int) -> float:
         raise XMRError(f"cannot estimate the memory of FAISS factory {factory!r}: {error}") from None
 
 
+def centroid_bytes(factory: str, dim: int) -> float:
+    """Bytes per IVF centroid: the coarse quantizer's code size (``IVF1024(SQfp16)``: 2 x dim), float32 by default."""
+    quantizer = re.search(r"IVF\d+\(([^)]*)\)", factory)
+    return bytes_per_vector(quantizer.group(1), dim) - ID_BYTES if quantizer else 4 * dim
+
+
 def index_bytes(factory: str, dim: int, n_labels: int) -> float:
-    """Resident bytes of an index of ``n_labels``: :func:`bytes_per_vector` for each, plus an IVF's float32 centroid
-    table (lists x dim x 4), which on small catalogues of small codes is a visible share."""
+    """Resident bytes of an index of ``n_labels``: :func:`bytes_per_vector` for each, plus an IVF's centroid table
+    (lists x :func:`centroid_bytes`), which on small catalogues of small codes is a visible share."""
     lists = re.search(r"IVF(\d+)", factory)
-    return bytes_per_vector(factory, dim) * n_labels + (int(lists.group(1)) * dim * 4 if lists else 0)
+    return bytes_per_vector(factory, dim) * n_labels + (int(lists.group(1)) * centroid_bytes(factory, dim) if lists
+                                                        else 0)
 
 
 def parse_memory(text: str | int | None) -> int | None:
