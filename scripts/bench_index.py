@@ -374,7 +374,8 @@ def plot(rows: list[dict], out: Path, n: int) -> None:
 
 def xmr_plans(labels: np.ndarray, m_values: list[int]) -> list[tuple[IndexRecipe, list[dict], dict]]:
     """The xmr recipes and their knob sweeps: HNSW at every --M (efConstruction 200, as the presets), the quantised
-    graph and the fast-scan IVF lists with C++ refinement, the IVF recipes, the compressed refine recipe and ``auto`` under 1/4 of Flat."""
+    graph and the fast-scan IVF lists with C++ refinement, the IVF recipes, the compressed refine recipe and ``auto``
+    under 1/4 of Flat."""
     ef = [{"efSearch": value} for value in EF_SWEEP]
     hnsw = [(PRESETS[f"hnsw{m}"] if f"hnsw{m}" in PRESETS else IndexRecipe(f"hnsw{m}", f"HNSW{m}",
                                                                           {"efConstruction": 200}), ef, {})
