@@ -59,12 +59,12 @@ def test_recipe_arithmetic_and_memory_parsing():
     assert ivf_lists(1_000_000) == 4096 and ivf_lists(1000) == 16 and ivf_lists(10) == 1
     assert PRESETS["ivf-pq"].resolved(1_000_000, 384).factory == "IVF4096,PQ192x4fs"
     # {nlist_lean} drops lists where 1,024 float32 centroids (1.5 MB) would outweigh 1/16 of 50k SQ6 codes; the
-    # compressed preset's float16 centroids (0.79 MB) keep them
+    # compressed preset's float16 centroids (0.79 MB) keep them, and stop where BLAS's workspace is a small share
     lean = recipes.IndexRecipe("lean", "IVF{nlist_lean},SQ6")
     assert [lean.resolved(n, 384).factory for n in (50_000, 200_000, 723_485)] == [
         "IVF512,SQ6", "IVF2048,SQ6", "IVF4096,SQ6"]
-    assert [PRESETS["ivf-sq6"].resolved(n, 384).factory for n in (12_000, 50_000, 723_485)] == [
-        "IVF256(SQfp16),SQ6", "IVF1024(SQfp16),SQ6", "IVF4096(SQfp16),SQ6"]
+    assert [PRESETS["ivf-sq6"].resolved(n, 384).factory for n in (12_000, 50_000, 200_000, 723_485)] == [
+        "IVF256(SQfp16),SQ6", "IVF1024(SQfp16),SQ6", "IVF2048,SQ6", "IVF4096,SQ6"]
     assert PRESETS["ivf-sq8"].resolved(50_000, 384).factory == "IVF1024,SQ8"  # {nlist} keeps every list
     # fast-scan lists are cheap to scan: ~sqrt(n) of them, a quarter of {nlist}, dim/4 4-bit codes
     assert [PRESETS["ivf-fastscan-refine"].resolved(n, 384).factory for n in (50_000, 200_000, 723_485)] == [
@@ -86,9 +86,13 @@ def test_recipe_arithmetic_and_memory_parsing():
 
 def test_auto_picks_by_size_and_budget_and_says_why():
     assert auto_recipe(10_000, 384).factory == "Flat"
-    assert auto_recipe(2_000_000, 384).factory == "HNSW32"
+    assert auto_recipe(2_000_000, 384).factory == "HNSW32"  # above FASTSCAN_UP_TO: graph search scales as log n
+    fastscan = auto_recipe(800_000, 384)
+    assert fastscan.resolved(800_000, 384).factory == "IVF1024,PQ96x4fs,RFlat" and "fast-scan" in fastscan.reason
+    assert auto_recipe(800_000, 384, max_memory=parse_memory("1.29GB")).factory.endswith("RFlat")  # needs 1.28 GB
+    assert auto_recipe(800_000, 384, max_memory=parse_memory("1.2GB")).factory.endswith("SQ8")
     sq8 = auto_recipe(2_000_000, 384, max_memory=parse_memory("1GB"))
-    assert sq8.factory.endswith("SQ8") and "does not fit" in sq8.reason and "1.00 GB" in sq8.reason
+    assert sq8.factory.endswith("SQ8") and "vectors do not fit" in sq8.reason and "1.00 GB" in sq8.reason
     sq6 = auto_recipe(2_000_000, 384, max_memory=parse_memory("700MB"))  # SQ8 needs 0.78 GB, SQ6 0.59 GB
     assert sq6.factory.endswith("SQ6") and "8-bit codes do not fit" in sq6.reason
     pq = auto_recipe(2_000_000, 384, max_memory=parse_memory("300MB"))
@@ -191,6 +195,11 @@ def test_a_rerank_shallower_than_k_still_returns_k_hits():
 def test_auto_calibrates_to_the_target_and_records_why(tmp_path, monkeypatch):
     labels, queries = clustered()
     monkeypatch.setattr(recipes, "EXACT_UP_TO", 1000)
+    fastscan = build_index_from_embeddings(catalogue_of(len(labels)), labels, None, recipe="auto", target_recall=0.97)
+    assert fastscan.candidates.factory == "IVF64,PQ8x4fs,RFlat" and fastscan.manifest["recipe"]["calibration"][
+        "knob"] == "nprobe"
+    assert recall(fastscan.search_embeddings(queries, k=10).ids, exact_top(labels, queries)) > 0.93
+    monkeypatch.setattr(recipes, "FASTSCAN_UP_TO", 2000)  # 4,000 labels: the graph, calibrated on efSearch
     index = build_index_from_embeddings(catalogue_of(len(labels)), labels, tmp_path / "auto", recipe="auto",
                                         target_recall=0.97)
     manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
