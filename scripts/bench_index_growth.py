@@ -5,14 +5,16 @@
 
 Reads RUN/results.csv of each run (any n, any systems) and writes, for every (system, recipe) present in at least
 two runs: build seconds, RSS MB and the best QPS at recall@10 >= --recall at each n, and the growth factor from the
-smallest to the largest n beside the growth of n itself. Runs made on different days or under different machine load
-are not comparable point by point; the report says which run each column comes from.
+smallest to the largest n that row has, beside the growth of n itself. IVF list counts follow n (``{nlist}``), so a
+recipe is matched across runs with its list count written ``IVF*``. Runs made on different days or under different
+machine load are not comparable point by point; the report says which run each column comes from.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 from pathlib import Path
 
 
@@ -32,8 +34,9 @@ def summary(rows: list[dict], recall: float) -> dict[tuple[str, str], dict]:
     """Per (system, recipe): build seconds and RSS of the build, best QPS at ``recall`` (None if never reached)."""
     out: dict[tuple[str, str], dict] = {}
     for row in rows:
-        entry = out.setdefault((row["system"], row["recipe"]), {"build_s": row["build_s"], "rss_mb": row["rss_mb"],
-                                                                "qps": None})
+        recipe = re.sub(r"IVF\d+", "IVF*", row["recipe"])
+        entry = out.setdefault((row["system"], recipe), {"n": row["n"], "build_s": row["build_s"],
+                                                         "rss_mb": row["rss_mb"], "qps": None})
         if row["recall_at_10"] >= recall and (entry["qps"] is None or row["qps"] > entry["qps"]):
             entry["qps"] = row["qps"]
     return out
@@ -51,11 +54,11 @@ def main() -> None:
     sizes = " -> ".join(f"{n:,}" for n, _, _ in runs)
     lines = [f"# Index growth with the catalogue: n = {sizes}", "",
              "Runs: " + "; ".join(f"n = {n:,}: `{folder}`" for n, folder, _ in runs) + f". QPS: best batch QPS at "
-             f"recall@10 >= {args.recall} ('-': not reached). Growth: largest-n value / smallest-n value, beside "
-             f"n's own growth ({runs[-1][0] / runs[0][0]:.1f}x).", "",
+             f"recall@10 >= {args.recall} ('-': not reached). Growth: the value at the largest n a row has / at its "
+             "smallest, beside n's own growth between the two.", "",
              "| system | recipe | " + " | ".join(f"build s @{n:,} | RSS MB @{n:,} | QPS @{n:,}" for n, _, _ in runs)
-             + " | build growth | RSS growth | QPS growth |",
-             "|---|---|" + "---|---|---|" * len(runs) + "---|---|---|"]
+             + " | n growth | build growth | RSS growth | QPS growth |",
+             "|---|---|" + "---|---|---|" * len(runs) + "---|---|---|---|"]
     for key in keys:
         cells = [table.get(key) for _, _, table in runs]
         present = [cell for cell in cells if cell]
@@ -65,7 +68,7 @@ def main() -> None:
         qps_growth = f"{last['qps'] / first['qps']:.2f}x" if first["qps"] and last["qps"] else "-"
         row = [f"{cell['build_s']:.1f} | {cell['rss_mb']:.0f} | {cell['qps']:.0f}" if cell and cell["qps"] else
                (f"{cell['build_s']:.1f} | {cell['rss_mb']:.0f} | -" if cell else "| |") for cell in cells]
-        growth = (f"{last['build_s'] / max(first['build_s'], 1e-9):.1f}x | "
+        growth = (f"{last['n'] / first['n']:.1f}x | {last['build_s'] / max(first['build_s'], 1e-9):.1f}x | "
                   f"{last['rss_mb'] / max(first['rss_mb'], 1e-9):.1f}x | {qps_growth}")
         lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(row) + f" | {growth} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

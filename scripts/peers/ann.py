@@ -183,7 +183,9 @@ class GlassIndex(Peer):
     """glass (zilliztech; PyPI ``pyglass-portable``, imported as ``glass``: ``glassppy`` has no installable file
     here) HNSW graph with R = M links, searched with fp32 vectors or with SQ8U (8-bit) codes, each searcher tuned by
     ``Searcher.optimize`` (prefetch depth). A ``Searcher`` takes its graph over (a second searcher of the same graph
-    object answers id 0 for everything in glass 2.1.0), so each searcher opens its own copy of the saved graph."""
+    object answers id 0 for everything in glass 2.1.0), so each searcher opens its own copy of the saved graph. The
+    FP32 searcher is opened inside the build, so the build's RSS counts what a search needs (the graph and glass's own
+    copy of the vectors), and ``save`` writes the vectors beside the graph: a searcher cannot open without them."""
 
     distribution = "pyglass-portable"
 
@@ -200,6 +202,7 @@ class GlassIndex(Peer):
         self.path = str(Path(self.folder.name) / "graph.glass")
         glass.Index("HNSW", "IP", R=build["M"], L=build["efC"]).build(labels).save(self.path)
         self.searchers: dict[str, Any] = {}
+        self.searcher("FP32")
 
     def searcher(self, quant: str) -> Any:
         if quant not in self.searchers:
@@ -217,6 +220,7 @@ class GlassIndex(Peer):
 
     def save(self, folder: Path) -> None:
         (folder / "graph.glass").write_bytes(Path(self.path).read_bytes())
+        np.save(folder / "vectors.npy", self.labels)
 
 
 class NgtIndex(Peer):
