@@ -64,6 +64,20 @@ def test_k_factor_rf_per_call_leaves_the_default_and_is_refused_where_nothing_re
         plain.search_embeddings(queries, k=10, k_factor_rf=4)
 
 
+
+def test_per_call_knobs_follow_a_changed_default_of_the_knobs_they_leave_unset():
+    """Per-call parameters are memoised per knob setting; the memo must not keep an efSearch that set_search_params
+    has since changed (a call passing only k_factor_rf takes efSearch from the index)."""
+    labels, queries = clustered(n=2000)
+    index = build_index_from_embeddings(catalogue_of(len(labels)), labels, None, factory="HNSW16_SQ4,RFlat")
+    index.set_search_params(efSearch=1)
+    shallow = index.search_embeddings(queries, k=10, k_factor_rf=2).ids
+    index.set_search_params(efSearch=256)
+    deep = index.search_embeddings(queries, k=10, k_factor_rf=2).ids
+    assert not np.array_equal(shallow, deep)
+    assert np.array_equal(deep, index.search_embeddings(queries, k=10, k_factor_rf=2, efSearch=256).ids)
+    assert recall(deep, exact_top(labels, queries)) > recall(shallow, exact_top(labels, queries))
+
 def test_gpu_benchmark_runs_on_cpu_and_says_what_it_skipped(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--labels", "3000", "--queries",
                            "50", "--texts", "0", "--threads", "1", "--out", str(tmp_path)],

@@ -18,6 +18,7 @@ from xmr.errors import UnsupportedOperation, XMRError
 METRICS = {"inner_product": faiss.METRIC_INNER_PRODUCT}
 DEFAULT_TRAIN_SIZE = 200_000
 _tuning_lock = threading.Lock()
+PREPARED_LIMIT = 64  # distinct knob settings whose per-call parameters a caller keeps
 
 
 def create(dim: int, factory: str, metric: str) -> faiss.Index:
@@ -146,14 +147,18 @@ def set_search_parameters(index: faiss.Index, params: dict[str, int]) -> None:
         space.set_index_parameter(index, name, int(value))
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict[str, int],
+           prepared: dict[tuple, faiss.SearchParameters | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (ids, scores) with the given knobs for this call only; missing results are id -1, score -inf.
 
     Knobs travel as FAISS per-call ``SearchParameters`` (no shared state, no lock); combinations FAISS cannot
-    express that way are set on the index under a lock and restored afterwards.
+    express that way are set on the index under a lock and restored afterwards. ``prepared`` is the caller's
+    memo of those parameters per knob setting: building them walks the index's layers through SWIG, which on one
+    query costs about half of an HNSW search (measured in ``scripts/bench_index.py``'s single-query p50); the
+    caller clears it when the index's own knob values change, since unset knobs are taken from them.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    per_call = _per_call_parameters(index, params) if params else None
+    per_call = _prepared_parameters(index, params, prepared) if params else None
     if not params or per_call is not None:
         scores, ids = index.search(queries, k, params=per_call)
     else:
@@ -166,6 +171,19 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, params: dict[str, in
                 set_search_parameters(index, defaults)
     scores[ids < 0] = -np.inf
     return ids, scores
+
+
+def _prepared_parameters(index: faiss.Index, params: dict[str, int],
+                         prepared: dict[tuple, faiss.SearchParameters | None] | None) -> faiss.SearchParameters | None:
+    """``_per_call_parameters``, looked up in (and added to) ``prepared`` when the caller keeps one."""
+    if prepared is None:
+        return _per_call_parameters(index, params)
+    key = tuple(sorted(params.items()))
+    if key not in prepared:
+        if len(prepared) >= PREPARED_LIMIT:  # a sweep over many settings must not grow it without bound
+            prepared.clear()
+        prepared[key] = _per_call_parameters(index, params)
+    return prepared[key]
 
 
 def _per_call_parameters(index: faiss.Index, params: dict[str, int]) -> faiss.SearchParameters | None:

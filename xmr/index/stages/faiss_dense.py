@@ -35,6 +35,7 @@ class FaissDenseStage(CandidateStage):
         self.factory = factory
         self.build_params = dict(build or {})
         self.trained_on = trained_on
+        self._prepared: dict[tuple, faiss.SearchParameters | None] = {}  # per-call parameters per knob setting
 
     @classmethod
     def build(cls, labels: Representation, ids: np.ndarray, factory: str, build: dict[str, int],
@@ -62,9 +63,10 @@ class FaissDenseStage(CandidateStage):
 
     def set_knobs(self, knobs: dict[str, int]) -> None:
         faiss_ops.set_search_parameters(self.index, knobs)
+        self._prepared.clear()  # they were built from the old values of the knobs a call leaves unset
 
     def search(self, queries: Representation, k: int, knobs: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
-        return faiss_ops.search(self.index, _dense(queries).values, k, knobs)
+        return faiss_ops.search(self.index, _dense(queries).values, k, knobs, self._prepared)
 
     def add(self, labels: Representation, ids: np.ndarray) -> None:
         faiss_ops.add(self.index, _dense(labels).values, ids)
