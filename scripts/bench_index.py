@@ -44,7 +44,7 @@ from peers.environment import SCANN_SYSTEMS, peers_python  # noqa: E402 - script
 from xmr.catalogue import LabelCatalogue  # noqa: E402
 from xmr.encoders import load_encoder  # noqa: E402
 from xmr.index import build_index_from_embeddings, load_index  # noqa: E402
-from xmr.index.recipes import PRESETS, IndexRecipe, parse_memory  # noqa: E402
+from xmr.index.recipes import PRESETS, IndexRecipe, deep_probes, parse_memory  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "pypi-summaries" / "corpus.jsonl.gz"
 CHUNK = 50_000
@@ -372,6 +372,14 @@ def plot(rows: list[dict], out: Path, n: int) -> None:
     plt.close(figure)
 
 
+def nprobe_sweep(recipe: IndexRecipe, labels: np.ndarray) -> list[dict]:
+    """``NPROBE_SWEEP``, doubled on up to the recipe's ``{nprobe_deep}`` where that is deeper (512 at 4,096 lists)."""
+    probes, deepest = list(NPROBE_SWEEP), deep_probes(recipe.resolved(*labels.shape).factory)
+    while probes[-1] < deepest:
+        probes.append(2 * probes[-1])
+    return [{"nprobe": value} for value in probes]
+
+
 def xmr_plans(labels: np.ndarray, m_values: list[int]) -> list[tuple[IndexRecipe, list[dict], dict]]:
     """The xmr recipes and their knob sweeps: HNSW at every --M (efConstruction 200, as the presets), the quantised
     graph and the fast-scan IVF lists with C++ refinement, the IVF recipes, the compressed refine recipe and ``auto``
@@ -387,9 +395,7 @@ def xmr_plans(labels: np.ndarray, m_values: list[int]) -> list[tuple[IndexRecipe
     fastscan = [{"nprobe": value, "k_factor_rf": factor} for factor in (10, 20)
                 for value in (16, 24, 32, 48, 64, 96, 128, 192, 256)]
     return [*hnsw, (PRESETS["hnsw32-sq8-refine"], refine_ef, {}), (PRESETS["ivf-fastscan-refine"], fastscan, {}),
-            (PRESETS["ivf-sq8"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
-            (PRESETS["ivf-sq6"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
-            (PRESETS["ivf-pq"], [{"nprobe": p} for p in NPROBE_SWEEP], {}),
+            *[(PRESETS[name], nprobe_sweep(PRESETS[name], labels), {}) for name in ("ivf-sq8", "ivf-sq6", "ivf-pq")],
             (PRESETS["ivf-pq-refine"], refine_ivf, {}),
             (IndexRecipe("ivf-pq-refine-sq4", "IVF{nlist},PQ{m4}x4fs,Refine(SQ4)"), refine_ivf, {}),
             (IndexRecipe("auto", "auto"), [], {"max_memory": int(labels.nbytes / 4), "target_recall": 0.95})]

@@ -66,6 +66,10 @@ def test_recipe_arithmetic_and_memory_parsing():
     assert [PRESETS["ivf-sq6"].resolved(n, 384).factory for n in (12_000, 50_000, 200_000, 723_485)] == [
         "IVF256(SQfp16),SQ6", "IVF1024(SQfp16),SQ6", "IVF2048,SQ6", "IVF4096,SQ6"]
     assert PRESETS["ivf-sq8"].resolved(50_000, 384).factory == "IVF1024,SQ8"  # {nlist} keeps every list
+    # {nprobe_deep} probes the same share of the lists as they multiply: 1/8, at least 256, at most all of them
+    assert [PRESETS["ivf-sq6"].resolved(n, 384).search for n in (2_000, 50_000, 200_000, 723_485)] == [
+        {"nprobe": 32}, {"nprobe": 256}, {"nprobe": 256}, {"nprobe": 512}]
+    assert PRESETS["ivf-sq6"].resolved(723_485, 384).to_manifest()["search"] == {"nprobe": 512}
     # fast-scan lists are cheap to scan: ~sqrt(n) of them, a quarter of {nlist}, dim/4 4-bit codes
     assert [PRESETS["ivf-fastscan-refine"].resolved(n, 384).factory for n in (50_000, 200_000, 723_485)] == [
         "IVF256,PQ96x4fs,RFlat", "IVF512,PQ96x4fs,RFlat", "IVF1024,PQ96x4fs,RFlat"]
@@ -115,6 +119,12 @@ def test_recipe_files_are_checked(tmp_path):
     bad.write_text("factory: HNSW16\nsearch: {efSearch: -1}\n")
     with pytest.raises(XMRError, match="bad.yaml: field 'search'"):
         load_recipe(bad)
+    bad.write_text("factory: HNSW16\nsearch: {efSearch: '{nprobe_deep}'}\n")
+    with pytest.raises(XMRError, match="bad.yaml: search knob {nprobe_deep} counts IVF lists.*HNSW16"):
+        load_recipe(bad)
+    bad.write_text("factory: IVF64,Flat\nsearch: {nprobe: '{nprobe_deeper}'}\n")
+    with pytest.raises(XMRError, match="bad.yaml: field 'search' .*or {nprobe_deep}"):
+        load_recipe(bad)
     bad.write_text("factory: HNSW16\nsearch: {efSearch: 3}: x\n")
     with pytest.raises(XMRError, match="bad.yaml line 2: not valid YAML"):
         load_recipe(bad)
@@ -136,7 +146,8 @@ def test_presets_build_search_and_round_trip(name, tmp_path):
     manifest = json.loads((tmp_path / name / "manifest.json").read_text())
     candidates = manifest["stages"][0]
     assert manifest["recipe"]["name"] == name and candidates["type"] == "faiss" and "{" not in candidates["factory"]
-    assert candidates["search_params"] == {**index.candidates.knobs(), **PRESETS[name].search}
+    assert candidates["search_params"] == {**index.candidates.knobs(),
+                                           **PRESETS[name].resolved(len(labels), labels.shape[1]).search}
     found = index.search_embeddings(queries, k=10).ids
     assert recall(found, truth) > 0.9
     loaded = load_index(tmp_path / name)
