@@ -192,7 +192,7 @@ def run_memory(args, catalogue: LabelCatalogue, labels: np.ndarray, queries: np.
     """The compressed target's half: Flat and each compressed recipe built and saved, then its index-resident
     memory at its preset knobs and at the deepest setting of its sweep (the most candidates read)."""
     np.save(work / "queries.npy", queries)
-    plans = {recipe.name: (recipe, sweep) for recipe, sweep, _ in xmr_plans(labels, args.M)}
+    plans = {recipe.name: (recipe, sweep) for recipe, sweep, _ in xmr_plans(labels, args.M, args.ef)}
     result = {}
     for name in ("flat", *COMPRESSED):
         recipe, sweep = plans[name] if name in plans else (PRESETS[name], [])
@@ -380,11 +380,12 @@ def nprobe_sweep(recipe: IndexRecipe, labels: np.ndarray) -> list[dict]:
     return [{"nprobe": value} for value in probes]
 
 
-def xmr_plans(labels: np.ndarray, m_values: list[int]) -> list[tuple[IndexRecipe, list[dict], dict]]:
-    """The xmr recipes and their knob sweeps: HNSW at every --M (efConstruction 200, as the presets), the quantised
-    graph and the fast-scan IVF lists with C++ refinement, the IVF recipes, the compressed refine recipe and ``auto``
-    under 1/4 of Flat."""
-    ef = [{"efSearch": value} for value in EF_SWEEP]
+def xmr_plans(labels: np.ndarray, m_values: list[int],
+              ef_values: list[int] = EF_SWEEP) -> list[tuple[IndexRecipe, list[dict], dict]]:
+    """The xmr recipes and their knob sweeps: HNSW at every --M and --ef (efConstruction 200, as the presets; the
+    HNSW peers' grid), the quantised graph and the fast-scan IVF lists with C++ refinement, the IVF recipes, the
+    compressed refine recipe and ``auto`` under 1/4 of Flat."""
+    ef = [{"efSearch": value} for value in ef_values]
     hnsw = [(PRESETS[f"hnsw{m}"] if f"hnsw{m}" in PRESETS else IndexRecipe(f"hnsw{m}", f"HNSW{m}",
                                                                           {"efConstruction": 200}), ef, {})
             for m in m_values]
@@ -409,7 +410,8 @@ def run_xmr(args, catalogue: LabelCatalogue, labels: np.ndarray, queries: np.nda
     rows += exact
     rows.append(bench_raw_faiss(labels, queries, truth, args.n))
     print(rows[-2:], flush=True)
-    plans = [plan for plan in xmr_plans(labels, args.M) if not args.recipes or plan[0].name in args.recipes]
+    plans = [plan for plan in xmr_plans(labels, args.M, args.ef)
+             if not args.recipes or plan[0].name in args.recipes]
     for recipe, sweep, options in plans:
         if recipe.name == "auto":
             options = {**options, "max_memory": parse_memory(args.max_memory)} if args.max_memory else options
@@ -450,7 +452,8 @@ def main() -> None:
                         help="memory: index-resident memory of Flat and the compressed recipes (OUT/memory.json)")
     parser.add_argument("--systems", default=",".join(PEERS), help=f"peers to run (default: {','.join(PEERS)})")
     parser.add_argument("--M", type=int, nargs="+", default=[16, 32, 64], help="HNSW links per node, xmr and peers")
-    parser.add_argument("--ef", type=int, nargs="+", default=EF_SWEEP, help="search beam sweep of the HNSW peers")
+    parser.add_argument("--ef", type=int, nargs="+", default=EF_SWEEP,
+                        help="search beam sweep of the HNSW peers and xmr's HNSW recipes")
     parser.add_argument("--peer-options", nargs=argparse.REMAINDER, default=[],
                         help="the rest of the line goes to scripts/peers/ann.py (e.g. --usearch-dtypes f32)")
     parser.add_argument("--recipes", nargs="+", default=[], help="xmr recipes to run (default: all of xmr_plans; "
