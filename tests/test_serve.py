@@ -105,6 +105,108 @@ def test_a_search_over_the_timeout_answers_504_and_the_service_stays_up(index_fo
     assert slow.get("/health").json() == {"status": "ok", "labels": 300}
 
 
+class HeldPredictor:
+    """An index whose first ``predict`` waits until released, recording the queries of every call."""
+
+    def __init__(self, index, fail_on: str | None = None) -> None:
+        self.index, self.fail_on, self.calls = index, fail_on, []
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.index, name)
+
+    def predict(self, items, k=10, **knobs):
+        self.calls.append(([item if isinstance(item, str) else item["text"] for item in items], k, knobs))
+        if len(self.calls) == 1:
+            self.started.set()
+            assert self.release.wait(30)
+        if self.fail_on in self.calls[-1][0]:
+            raise xmr.errors.XMRError(f"refused {self.fail_on!r}")
+        return self.index.predict(items, k=k, **knobs)
+
+
+def _searcher(index_folder, batch_queries, fail_on=None):
+    from xmr.serve.app import Searcher
+
+    held = HeldPredictor(xmr.load_index(index_folder), fail_on)
+    return held, Searcher(held, Limits(), batch_queries)
+
+
+def _queued(held, searcher, requests):
+    """Futures of ``requests`` submitted while the first search (of ``first``) is held, then released."""
+    from xmr.serve.app import SearchRequest
+
+    first = searcher.submit(SearchRequest(queries=["held first"], k=3))
+    assert held.started.wait(30)
+    futures = [searcher.submit(SearchRequest(**request)) for request in requests]
+    return first, futures
+
+
+def test_requests_that_wait_together_are_answered_by_one_search(index_folder):
+    waiting = [{"queries": [query], "k": 5} for query in QUERIES[:3]] + [{"queries": [QUERIES[3]], "k": 2},
+                                                                         {"queries": QUERIES[:2], "k": 5}]
+    held, searcher = _searcher(index_folder, batch_queries=64)
+    first, futures = _queued(held, searcher, waiting)
+    held.release.set()
+    answers = [future.result(timeout=30) for future in futures]
+    # the held search, then one search for every waiting k=5 request, then the k=2 one
+    assert held.calls == [(["held first"], 3, {}), ([*QUERIES[:3], *QUERIES[:2]], 5, {}), ([QUERIES[3]], 2, {})]
+    direct = xmr.load_index(index_folder)
+    for request, answer in zip(waiting, answers, strict=True):
+        expected = direct.predict(request["queries"], k=request["k"]).to_records()
+        assert [[hit["id"] for hit in hits] for hits in answer] == [[hit["id"] for hit in hits] for hits in expected]
+    assert len(first.result(timeout=30)[0]) == 3
+
+
+def test_batch_queries_caps_a_batch_and_one_turns_batching_off(index_folder):
+    for batch_queries, expected_calls in ((2, [["held first"], QUERIES[:2], QUERIES[2:]]),
+                                          (1, [["held first"], *([query] for query in QUERIES)])):
+        held, searcher = _searcher(index_folder, batch_queries)
+        _, futures = _queued(held, searcher, [{"queries": [query], "k": 5} for query in QUERIES])
+        held.release.set()
+        [future.result(timeout=30) for future in futures]
+        assert [texts for texts, _, _ in held.calls] == expected_calls
+
+
+def test_an_error_in_a_merged_search_reaches_only_the_request_that_caused_it(index_folder):
+    held, searcher = _searcher(index_folder, batch_queries=64, fail_on="poison")
+    _, futures = _queued(held, searcher, [{"queries": [QUERIES[0]], "k": 5}, {"queries": ["poison"], "k": 5},
+                                          {"queries": [QUERIES[1]], "k": 5}])
+    held.release.set()
+    with pytest.raises(xmr.errors.XMRError, match="refused 'poison'"):
+        futures[1].result(timeout=30)
+    direct = xmr.load_index(index_folder)
+    for future, query in ((futures[0], QUERIES[0]), (futures[2], QUERIES[1])):
+        expected = direct.predict([query], k=5).to_records()[0]
+        assert [hit["id"] for hit in future.result(timeout=30)[0]] == [hit["id"] for hit in expected]
+
+
+def test_a_request_given_up_before_its_search_is_never_searched(index_folder):
+    held, searcher = _searcher(index_folder, batch_queries=64)
+    _, futures = _queued(held, searcher, [{"queries": [QUERIES[0]], "k": 5}, {"queries": [QUERIES[1]], "k": 5}])
+    assert futures[0].cancel()  # what asyncio does when its waiter times out
+    held.release.set()
+    futures[1].result(timeout=30)
+    assert [texts for texts, _, _ in held.calls] == [["held first"], [QUERIES[1]]]
+
+
+def test_fast_queries_serve_the_folders_fast_encoder(index_folder, tiny_encoder, tmp_path):
+    from test_fast_queries import static_from
+
+    with pytest.raises(xmr.errors.XMRError, match="no fast query encoder"):
+        create_app(index_folder, fast_queries=True)
+    index = xmr.load_index(index_folder)
+    static = static_from(tiny_encoder, tmp_path / "static")
+    index.attach_fast_queries(static)
+    folder = index.save(tmp_path / "fast")
+    answered = TestClient(create_app(folder, fast_queries=True)).post("/search", json={"queries": QUERIES, "k": 5})
+    expected = index.search_embeddings(static.encode_queries(QUERIES), k=5).to_records()
+    plain = index.predict(QUERIES, k=5).to_records()
+    ids = [[hit["id"] for hit in hits] for hits in answered.json()["results"]]
+    assert ids == [[hit["id"] for hit in hits] for hits in expected]
+    assert ids != [[hit["id"] for hit in hits] for hits in plain]
+
+
 def test_health_info_schema_and_page(client):
     assert client.get("/health").json() == {"status": "ok", "labels": 300}
     info = client.get("/info").json()
@@ -122,6 +224,10 @@ def test_xmr_serve_refuses_bad_options_in_one_line(index_folder, capsys):
     assert capsys.readouterr().err == "xmr: error: --workers must be at least 1, got 0\n"
     assert main(["serve", str(index_folder.parent / "missing")]) == 2
     assert capsys.readouterr().err.startswith("xmr: error: ")
+    assert main(["serve", str(index_folder), "--batch-queries", "0"]) == 2
+    assert capsys.readouterr().err == "xmr: error: --batch-queries must be positive, got 0\n"
+    assert main(["serve", str(index_folder), "--fast-queries"]) == 2  # refused before any worker starts
+    assert "has no fast query encoder" in capsys.readouterr().err
 
 
 def _free_port() -> int:

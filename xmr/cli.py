@@ -47,7 +47,7 @@ def _add_query_options(parser: argparse.ArgumentParser) -> None:
 
 def _open_predictor(args: argparse.Namespace, verify: bool = True) -> Any:
     """Any predictor folder (label index, sharded index, ...), on a search device if asked."""
-    from xmr.predictor import load_predictor
+    from xmr.predictor import load_predictor, use_fast_queries
 
     predictor = load_predictor(args.index, verify=verify, mmap=args.mmap, trust_remote_code=args.trust_remote_code)
     if args.search_device:
@@ -55,9 +55,7 @@ def _open_predictor(args: argparse.Namespace, verify: bool = True) -> Any:
             raise XMRError(f"--search-device: a {predictor.kind} predictor does not search on a device")
         predictor.to_device(args.search_device)
     if args.fast_queries:
-        if not hasattr(predictor, "use_fast_queries"):
-            raise XMRError(f"--fast-queries: a {predictor.kind} predictor has no fast query encoder")
-        predictor.use_fast_queries()
+        use_fast_queries(predictor)
     return predictor
 
 
@@ -319,11 +317,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from xmr.serve.run import serve
     except ImportError as error:
         raise XMRError(f"xmr serve needs the serve extra (pip install 'xmr[serve]'): {error}") from None
-    for name in ("max_queries", "max_k", "timeout"):
+    for name in ("max_queries", "max_k", "timeout", "batch_queries"):
         if getattr(args, name) <= 0:
             raise XMRError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     serve(args.index, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
-          limits=Limits(max_queries=args.max_queries, max_k=args.max_k, timeout_s=args.timeout))
+          limits=Limits(max_queries=args.max_queries, max_k=args.max_k, timeout_s=args.timeout),
+          batch_queries=args.batch_queries, fast_queries=args.fast_queries)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -458,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--max-queries", type=int, default=64, help="queries per request")
     service.add_argument("--max-k", type=int, default=1000)
     service.add_argument("--timeout", type=float, default=30.0, help="seconds a search may take (then 504)")
+    service.add_argument("--batch-queries", type=int, default=64,
+                         help="queries one search may answer for requests that waited together (1: no batching)")
+    service.add_argument("--fast-queries", action="store_true",
+                         help="encode queries with the index's fast query encoder (made by xmr fast-queries)")
     service.set_defaults(run=cmd_serve)
 
     demo = commands.add_parser("demo", help="index ESCO skills, run example queries, evaluate on ESCO if present")

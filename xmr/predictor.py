@@ -117,3 +117,11 @@ def load_predictor(path: str | Path, **options: Any) -> Predictor:
         raise IndexFolderError(f"{path}: unknown predictor kind {kind!r}; known: {sorted(PREDICTOR_KINDS)}")
     module, function = PREDICTOR_KINDS[kind].split(":")
     return getattr(importlib.import_module(module), function)(path, **options)
+
+
+def use_fast_queries(predictor: Predictor) -> None:
+    """Switch a predictor to its folder's fast query encoder (``xmr fast-queries``); refused for kinds that have
+    none, and by indexes whose folder has none."""
+    if not hasattr(predictor, "use_fast_queries"):
+        raise InvalidArgument(f"--fast-queries: a {predictor.kind} predictor has no fast query encoder")
+    predictor.use_fast_queries()

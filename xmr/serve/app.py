@@ -1,9 +1,10 @@
 """The FastAPI application of ``xmr serve``: ``POST /search``, ``GET /health``, ``GET /info``, the page at ``/``.
 
 One app serves one predictor folder (label index, sharded index, ...), opened memory-mapped so that the worker
-processes uvicorn starts share its pages instead of each holding a copy. Searches run in a worker thread, one at a
-time per process (the encoder's tokenizer and the torch forward are not safe to share between threads); the event
-loop stays free for ``/health`` and for refusing what is over the limits:
+processes uvicorn starts share its pages instead of each holding a copy. Searches run in one search thread per
+process (the encoder's tokenizer and the torch forward are not safe to share between threads), which answers the
+requests that waited together with one batched search (:class:`Searcher`); the event loop stays free for
+``/health`` and for refusing what is over the limits:
 
 - body larger than ``max_body_bytes``: 413; more than ``max_queries`` queries, ``k`` above ``max_k``, a query text
   longer than ``max_text_chars``, an unknown field or a wrong type: 422 with one line naming the field;
@@ -22,7 +23,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xmr._version import __version__
 from xmr.errors import XMRError
-from xmr.predictor import Predictor, load_predictor
+from xmr.predictor import Predictor, as_items, load_predictor, use_fast_queries
 from xmr.serve.page import PAGE
 
 
@@ -104,29 +106,117 @@ def _decode_image(data: str, number: int, limit: int, folder: Path) -> str:
     return str(path)
 
 
-class Searcher:
-    """The predictor behind a lock: one search at a time in this process, requests' images as temporary files."""
+@dataclass
+class _Job:
+    """One request's checked queries, waiting for a search; ``folder`` holds its images until it is answered."""
 
-    def __init__(self, predictor: Predictor, limits: Limits) -> None:
+    items: list[Any]
+    k: int
+    params: dict[str, int]
+    folder: tempfile.TemporaryDirectory
+    future: Future = field(default_factory=Future)
+
+    @property
+    def key(self) -> tuple:
+        return self.k, tuple(sorted(self.params.items()))
+
+
+class Searcher:
+    """The predictor behind one search thread, with opportunistic batching.
+
+    Only that thread calls the predictor (the encoder's tokenizer and the torch forward are not safe to share
+    between threads). Requests that arrive while a search runs wait in a queue; the next search answers the waiting
+    ones that ask for the same ``k`` and knobs with one ``predict`` call over all their queries, up to
+    ``batch_queries`` queries: one encoder forward and one index search instead of one per request, which is most
+    of what many small requests cost on a CPU (``scripts/bench_serve.py``). Nothing waits for a batch to fill, so a
+    lone request is searched as soon as it arrives. When a merged search fails, each of its requests is searched
+    alone, so an error reaches only the request that caused it. ``batch_queries=1`` searches one request at a time.
+    """
+
+    def __init__(self, predictor: Predictor, limits: Limits, batch_queries: int = 64) -> None:
+        if batch_queries < 1:
+            raise XMRError(f"batch_queries must be at least 1, got {batch_queries}")
         self.predictor = predictor
         self.limits = limits
-        self._lock = threading.Lock()
+        self.batch_queries = batch_queries
+        self._pending: list[_Job] = []
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
 
-    def search(self, request: SearchRequest) -> list[list[dict[str, Any]]]:
+    def submit(self, request: SearchRequest) -> Future:
+        """Check and queue one request; errors of this request alone (an image for a text-only encoder, a blank
+        query) are raised here. The future gets its records; cancelling it before its search starts drops it."""
+        folder = tempfile.TemporaryDirectory(prefix="xmr-serve-")
+        try:
+            items = self._items(request, Path(folder.name))
+            as_items(items)  # a blank query is refused here, numbered within its own request
+        except BaseException:
+            folder.cleanup()
+            raise
+        job = _Job(items, request.k, dict(request.params), folder)
+        job.future.add_done_callback(lambda _: folder.cleanup())
+        with self._ready:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="xmr-search", daemon=True)
+                self._thread.start()
+            self._pending.append(job)
+            self._ready.notify()
+        return job.future
+
+    def _items(self, request: SearchRequest, folder: Path) -> list[Any]:
         encoder = getattr(self.predictor, "encoder", None)
-        with tempfile.TemporaryDirectory(prefix="xmr-serve-") as folder:
-            items: list[Any] = []
-            for number, query in enumerate(request.queries):
-                if isinstance(query, str) or query.image is None:
-                    items.append(query if isinstance(query, str) else {"text": query.text or ""})
-                    continue
-                if encoder is not None and "image" not in encoder.modalities:
-                    raise XMRError(f"queries.{number}.image: this index's encoder ({encoder.type_name}) reads text "
-                                   "only; a query image would be ignored, so it is refused")
-                image = _decode_image(query.image, number, self.limits.max_image_bytes, Path(folder))
-                items.append({"text": query.text or "", "images": [image]})
-            with self._lock:
-                return self.predictor.predict(items, k=request.k, **request.params).to_records()
+        items: list[Any] = []
+        for number, query in enumerate(request.queries):
+            if isinstance(query, str) or query.image is None:
+                items.append(query if isinstance(query, str) else {"text": query.text or ""})
+                continue
+            if encoder is not None and "image" not in encoder.modalities:
+                raise XMRError(f"queries.{number}.image: this index's encoder ({encoder.type_name}) reads text "
+                               "only; a query image would be ignored, so it is refused")
+            image = _decode_image(query.image, number, self.limits.max_image_bytes, folder)
+            items.append({"text": query.text or "", "images": [image]})
+        return items
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                batch = self._next_batch()
+            if batch:
+                self._answer(batch)
+
+    def _next_batch(self) -> list[_Job]:
+        """The oldest waiting job and the waiting jobs with its k and knobs, up to ``batch_queries`` queries (a job
+        larger than that goes alone); jobs whose waiter gave up (cancelled) are dropped. Call with the lock held."""
+        batch: list[_Job] = []
+        kept: list[_Job] = []
+        queries = 0
+        for job in self._pending:
+            fits = not batch or (job.key == batch[0].key and queries + len(job.items) <= self.batch_queries)
+            if not fits:
+                kept.append(job)
+            elif job.future.set_running_or_notify_cancel():
+                batch.append(job)
+                queries += len(job.items)
+        self._pending = kept
+        return batch
+
+    def _answer(self, batch: list[_Job]) -> None:
+        items = [item for job in batch for item in job.items]
+        try:
+            records = self.predictor.predict(items, k=batch[0].k, **batch[0].params).to_records()
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+            else:
+                for job in batch:  # find out whose it is: each alone
+                    self._answer([job])
+            return
+        start = 0
+        for job in batch:
+            job.future.set_result(records[start:start + len(job.items)])
+            start += len(job.items)
 
 
 def _one_line(error: RequestValidationError) -> str:
@@ -138,17 +228,22 @@ def _one_line(error: RequestValidationError) -> str:
     return "; ".join(dict.fromkeys(parts))
 
 
-def create_app(predictor: Predictor | str | Path, limits: Limits | None = None) -> FastAPI:
+def create_app(predictor: Predictor | str | Path, limits: Limits | None = None, batch_queries: int = 64,
+               fast_queries: bool = False) -> FastAPI:
     """The service for a predictor (or a predictor folder, opened memory-mapped without re-verifying checksums:
-    ``xmr serve`` verifies them once before it starts the workers)."""
+    ``xmr serve`` verifies them once before it starts the workers). ``batch_queries``: queries one search may answer
+    for the requests waiting together (see :class:`Searcher`); ``fast_queries``: encode queries with the folder's
+    fast query encoder (``xmr fast-queries``)."""
     limits = limits or Limits()
     if not isinstance(predictor, Predictor):
         predictor = load_predictor(predictor, mmap=True, verify=False)
+    if fast_queries:
+        use_fast_queries(predictor)
     try:  # load the encoder now, so the first request does not pay for it
         getattr(predictor, "encoder", None)
     except XMRError:  # an index of precomputed vectors has none; its searches say so
         pass
-    searcher = Searcher(predictor, limits)
+    searcher = Searcher(predictor, limits, batch_queries)
     described = predictor.describe()
     app = FastAPI(title="xmr", version=__version__,
                   description=f"Top-k labels of {described['kind']} {described['path']} ({len(predictor)} labels)")
@@ -188,8 +283,9 @@ def create_app(predictor: Predictor | str | Path, limits: Limits | None = None) 
         """Top-k labels (catalogue ids, best first) for each query."""
         _check(request, limits)
         loop = asyncio.get_running_loop()
+        job = await loop.run_in_executor(None, searcher.submit, request)  # decodes images off the event loop
         try:
-            results = await asyncio.wait_for(loop.run_in_executor(None, searcher.search, request), limits.timeout_s)
+            results = await asyncio.wait_for(asyncio.wrap_future(job), limits.timeout_s)
         except asyncio.TimeoutError:
             return JSONResponse({"detail": f"search took longer than {limits.timeout_s} s"}, status_code=504)
         return {"results": results}

@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from xmr.errors import XMRError
-from xmr.predictor import load_predictor
+from xmr.predictor import load_predictor, use_fast_queries
 from xmr.serve.app import Limits, create_app
 
 ENVIRONMENT = "XMR_SERVE"
@@ -28,20 +28,26 @@ def app_from_environment() -> FastAPI:
         import torch
 
         torch.set_num_threads(int(settings["threads"]))
-    return create_app(settings["index"], Limits(**settings["limits"]))
+    return create_app(settings["index"], Limits(**settings["limits"]), settings["batch_queries"],
+                      settings["fast_queries"])
 
 
 def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          limits: Limits | None = None, threads: int | None = None, log_level: str = "info") -> None:
-    """Serve ``index`` (any predictor folder) until interrupted."""
+          limits: Limits | None = None, threads: int | None = None, log_level: str = "info",
+          batch_queries: int = 64, fast_queries: bool = False) -> None:
+    """Serve ``index`` (any predictor folder) until interrupted; ``batch_queries`` and ``fast_queries`` as in
+    :func:`create_app`."""
     import uvicorn
 
     if workers < 1:
         raise XMRError(f"--workers must be at least 1, got {workers}")
     if threads is not None and threads < 1:
         raise XMRError(f"--threads must be at least 1, got {threads}")
-    load_predictor(index, mmap=True, verify=True)  # checksums once here, not in every worker
+    predictor = load_predictor(index, mmap=True, verify=True)  # checksums once here, not in every worker
+    if fast_queries:
+        use_fast_queries(predictor)  # a folder without one is refused before any worker starts
     os.environ[ENVIRONMENT] = json.dumps({"index": str(Path(index).resolve()), "threads": threads,
-                                          "limits": asdict(limits or Limits())})
+                                          "limits": asdict(limits or Limits()), "batch_queries": batch_queries,
+                                          "fast_queries": fast_queries})
     uvicorn.run("xmr.serve.run:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level=log_level, timeout_graceful_shutdown=10, timeout_worker_healthcheck=HEALTHCHECK_S)
