@@ -14,7 +14,8 @@ index per ``--M`` (links per node, the meaning of FAISS's HNSW{M}) with ef_const
 sweep the search beam ``--ef``; usearch and Voyager also build with their compressed storage (usearch i8, Voyager
 E4M3) and glass searches each graph with fp32 vectors and with 8-bit SQ8U codes. PECOS (the slowest to build) and
 the compressed usearch / Voyager storage build at --pecos-M / --compressed-M only (default 32). NGT has no M: it
-builds ANNG graphs with --ngt-edges creation edges (default 10) and sweeps its search range (epsilon); ScaNN (tree +
+builds ANNG graphs (--ngt-edges creation edges) and ONNG graphs (--ngt-onng) and sweeps its search range (epsilon) x
+the edges it follows per node; ScaNN (tree +
 anisotropic 4-bit AH codes + exact reorder) builds --scann-leaves x sqrt(n) leaves and sweeps leaves searched x
 reorder depth.
 
@@ -33,6 +34,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -224,34 +226,55 @@ class GlassIndex(Peer):
 
 
 class NgtIndex(Peer):
-    """NGT ANNG graph (inner product); search range grows with epsilon."""
+    """NGT graphs (inner product): ANNG with ``--ngt-edges`` creation edges, and ONNG, the ANNG of ``--ngt-onng``
+    E:OUT:IN (creation edges, outdegree, indegree; NGT's own ``ngtpy.Optimizer``, shortcut reduction only, the
+    ``reconstruct-graph -mS`` of ann-benchmarks' NGT-onng runs); each searched over epsilon (the explored range)
+    x ``--ngt-edge-size`` (edges followed per node: -1 the index's 40, 0 all, -2 growing with epsilon, NGT's
+    dynamic edge size). NGT's search-parameter and prefetch optimisation is left off: on 5,000 random vectors it
+    ran 80-120 s (beside another job) and changed recall by nothing or for the worse at the same epsilon."""
 
     distribution = "ngt"
 
     @classmethod
     def grid(cls, n: int, args: argparse.Namespace) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        search = [{"epsilon": epsilon, "edge_size": edge_size} for edge_size in args.ngt_edge_size
+                  for epsilon in args.ngt_epsilon]
         for edges in args.ngt_edges:
-            yield {"edges": edges}, [{"epsilon": epsilon} for epsilon in args.ngt_epsilon]
+            yield {"graph": "ANNG", "edges": edges}, search
+        for spec in args.ngt_onng:
+            edges, outdegree, indegree = (int(part) for part in spec.split(":"))
+            yield {"graph": "ONNG", "edges": edges, "out": outdegree, "in": indegree}, search
 
     def __init__(self, labels: np.ndarray, build: dict[str, Any], threads: int) -> None:
         import ngtpy
 
         self.folder = tempfile.TemporaryDirectory()
-        path = str(Path(self.folder.name) / "ngt")
+        path = str(Path(self.folder.name) / "anng")
         ngtpy.create(path, labels.shape[1], edge_size_for_creation=build["edges"], distance_type="Inner Product",
                      object_type="Float")
-        self.index = ngtpy.Index(path)
-        self.index.batch_insert(labels, num_threads=threads)
-        self.index.save()
+        anng = ngtpy.Index(path, log_disabled=True)
+        anng.batch_insert(labels, num_threads=threads)
+        anng.save()
+        anng.close()
+        if build["graph"] == "ONNG":
+            optimizer = ngtpy.Optimizer(num_of_outgoings=build["out"], num_of_incomings=build["in"],
+                                        log_disabled=True)
+            optimizer.set_processing_modes(search_parameter_optimization=False,
+                                           prefetch_parameter_optimization=False, accuracy_table_generation=False)
+            optimizer.execute(path, str(Path(self.folder.name) / "onng"))
+            shutil.rmtree(path)
+            path = str(Path(self.folder.name) / "onng")
+        self.index = ngtpy.Index(path, read_only=True, log_disabled=True)
 
     def search(self, queries: np.ndarray, setting: dict[str, Any], k: int, threads: int) -> np.ndarray:
         # ngtpy numbers the rows of batch_insert from 0, as the label matrix
         if len(queries) == 1:
-            found = self.index.search(queries[0], size=k, epsilon=setting["epsilon"], with_distance=False)
+            found = self.index.search(queries[0], size=k, epsilon=setting["epsilon"], edge_size=setting["edge_size"],
+                                      with_distance=False)
             return np.asarray(found, dtype=np.int64).reshape(1, -1)[:, :k]
         import ngtpy
 
-        self.index.set(epsilon=setting["epsilon"])
+        self.index.set(epsilon=setting["epsilon"], edge_size=setting["edge_size"])
         results = ngtpy.BatchResults()
         self.index.batch_search(queries, results, k, False)  # OpenMP threads: OMP_NUM_THREADS, set by main()
         starts, ids = results.get_index(), np.asarray(results.get_indexed_ids(), dtype=np.int64)
@@ -262,7 +285,6 @@ class NgtIndex(Peer):
         return found
 
     def save(self, folder: Path) -> None:
-        self.index.save()
         for path in Path(self.folder.name).rglob("*"):
             if path.is_file():
                 (folder / path.name).write_bytes(path.read_bytes())
@@ -427,9 +449,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--usearch-dtypes", nargs="+", default=["f32", "i8"])
     parser.add_argument("--voyager-storage", nargs="+", default=["Float32", "E4M3"])
     parser.add_argument("--glass-quant", nargs="+", default=["FP32", "SQ8U"])
-    parser.add_argument("--ngt-edges", type=int, nargs="+", default=[10])
-    parser.add_argument("--ngt-epsilon", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1, 0.2])
-    parser.add_argument("--scann-leaves", type=float, nargs="+", default=[2.0],
+    parser.add_argument("--ngt-edges", type=int, nargs="+", default=[10], help="ANNG creation edges")
+    parser.add_argument("--ngt-onng", nargs="*", default=["100:10:120"],
+                        help="ONNG builds as ANNG-edges:outdegree:indegree (ann-benchmarks' NGT-onng: 100:10:120)")
+    parser.add_argument("--ngt-epsilon", type=float, nargs="+",
+                        default=[-0.05, 0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15])
+    parser.add_argument("--ngt-edge-size", type=int, nargs="+", default=[-1, -2],
+                        help="edges followed per node in search: -1 the index's (40), 0 all, -2 growing with epsilon")
+    parser.add_argument("--scann-leaves", type=float, nargs="+", default=[1.0, 2.0],
                         help="leaf counts as multiples of sqrt(n)")
     parser.add_argument("--scann-share", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.35],
                         help="leaves searched, as shares of the leaf count")
