@@ -184,6 +184,20 @@ def test_int8_stays_close_to_torch_and_ranks_the_same(minilm):
 
 
 @pytest.mark.slow
+def test_an_int8_vector_does_not_depend_on_the_texts_batched_with_it(minilm):
+    # dynamic int8 takes one activation scale per tensor: batched with a long text (more padding, larger
+    # activations) a short query would get a coarser one; each text runs alone, so its vector is its own
+    int8 = minilm["int8"]
+    long_text = " ".join(SENTENCES * 6)
+    alone = np.stack([int8.encode_queries([query])[0] for query in QUERIES])
+    batched = int8.encode_queries([*QUERIES, long_text])[:len(QUERIES)]
+    np.testing.assert_allclose(batched, alone, atol=1e-6)
+    fp32 = minilm[None]  # fp32 needs no such care: batching moves its vectors by float rounding only
+    np.testing.assert_allclose(fp32.encode_queries([*QUERIES, long_text])[:len(QUERIES)],
+                               np.stack([fp32.encode_queries([query])[0] for query in QUERIES]), atol=1e-5)
+
+
+@pytest.mark.slow
 def test_bundled_export_is_cached_in_the_user_cache_and_reused(minilm):
     int8 = minilm["int8"]
     root = minilm["cache"] / "onnx"

@@ -4,7 +4,8 @@ Why not sentence-transformers' own ``backend="onnx"``: it loads and exports thro
 release imports with transformers 5, which sentence-transformers 6 needs. So xmr exports the model's transformers
 network itself with ``torch.onnx.export`` (TorchScript exporter, opset 17, dynamic batch and token axes; output the
 last hidden state) and int8-quantises it with ONNX Runtime's ``quantize_dynamic`` (int8 weights per output channel,
-activations quantised per batch at run time: no calibration data). At inference the model's first module keeps
+activations quantised at run time, one text at a time so that a text's vector does not depend on its batch: no
+calibration data). At inference the model's first module keeps
 everything else (tokenisation, prompts, length-sorted batching, then sentence-transformers' own pooling, dense and
 normalisation modules): only its network is swapped for an ONNX Runtime session (:func:`onnx_runtime_network`), so
 pooling is never re-implemented here and ONNX fp32 gives the torch vectors to float precision.
@@ -129,10 +130,16 @@ def export_network(model: SentenceTransformer, model_name: str, folder: Path, qu
     return written
 
 
-def onnx_runtime_network(path: Path, config: Any, threads: int) -> torch.nn.Module:
+def onnx_runtime_network(path: Path, config: Any, threads: int, row_by_row: bool = False) -> torch.nn.Module:
     """A stand-in for the transformers network inside sentence-transformers' first module: the same keyword inputs,
     a ``last_hidden_state`` output, computed by an ONNX Runtime session of ``path`` on ``threads`` intra-op threads.
-    ``config`` is the torch network's (the first module reads it)."""
+    ``config`` is the torch network's (the first module reads it).
+
+    ``row_by_row`` runs each text alone, cut to its own tokens (padded positions come back as zeros, which the
+    pooling masks out). A dynamically quantised network needs it: ``DynamicQuantizeLinear`` takes one activation
+    scale per tensor, so in a batch every text would share the scale of the batch's largest activation, padding
+    included, and a query's vector would depend on the texts it happened to be batched with (cosine 0.988-0.995 to
+    the same query encoded alone, 8 PyPI summaries, MiniLM int8 at 48 tokens)."""
     import numpy as np
     import onnxruntime
     import torch
@@ -143,6 +150,20 @@ def onnx_runtime_network(path: Path, config: Any, threads: int) -> torch.nn.Modu
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [node.name for node in session.get_inputs()]
 
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        if not row_by_row:
+            return session.run([HIDDEN_OUTPUT], feed)[0]
+        mask = feed["attention_mask"]
+        hidden = None
+        for row in range(len(mask)):
+            columns = np.flatnonzero(mask[row])  # its tokens, wherever the tokenizer put the padding
+            row_feed = {name: values[row:row + 1, columns] for name, values in feed.items()}
+            part = session.run([HIDDEN_OUTPUT], row_feed)[0]
+            if hidden is None:
+                hidden = np.zeros((*mask.shape, part.shape[-1]), dtype=part.dtype)
+            hidden[row, columns] = part[0]
+        return hidden
+
     class OnnxRuntimeNetwork(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -150,18 +171,19 @@ def onnx_runtime_network(path: Path, config: Any, threads: int) -> torch.nn.Modu
 
         def forward(self, **inputs: Any) -> dict[str, torch.Tensor]:
             feed = {name: np.ascontiguousarray(inputs[name].cpu().numpy(), dtype=np.int64) for name in names}
-            hidden = torch.from_numpy(session.run([HIDDEN_OUTPUT], feed)[0])
+            hidden = torch.from_numpy(run(feed))
             return {HIDDEN_OUTPUT: hidden.to(inputs["attention_mask"].device)}  # where pooling reads the mask
 
     return OnnxRuntimeNetwork()
 
 
-def run_on_onnx(model: SentenceTransformer, model_name: str, path: Path) -> None:
-    """Swap the model's transformers network for the ONNX Runtime session of ``path`` (in place)."""
+def run_on_onnx(model: SentenceTransformer, model_name: str, path: Path, row_by_row: bool = False) -> None:
+    """Swap the model's transformers network for the ONNX Runtime session of ``path`` (in place); ``row_by_row``
+    as in :func:`onnx_runtime_network`."""
     import torch
 
     first, network = transformer_network(model, model_name)
-    first.model = onnx_runtime_network(path, network.config, torch.get_num_threads())
+    first.model = onnx_runtime_network(path, network.config, torch.get_num_threads(), row_by_row)
     first.model_forward_params = None  # the keyword filter was the torch network's signature: pass every feature
 
 

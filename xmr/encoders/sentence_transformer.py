@@ -100,7 +100,7 @@ class SentenceTransformerEncoder(DenseEncoder):
             raise EncoderError(f"cannot load sentence-transformers model {model!r} from {location}: {error}") from None
         if backend == "onnx":
             self.onnx_root, self.onnx_file = exported_onnx_model(self.model, self.model_name, location, quantize)
-            run_on_onnx(self.model, self.model_name, self.onnx_root / self.onnx_file)
+            run_on_onnx(self.model, self.model_name, self.onnx_root / self.onnx_file, row_by_row=quantize == "int8")
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
         self.max_seq_length = self.model.max_seq_length
