@@ -190,6 +190,31 @@ def test_a_request_given_up_before_its_search_is_never_searched(index_folder):
     assert [texts for texts, _, _ in held.calls] == [["held first"], [QUERIES[1]]]
 
 
+def test_a_query_image_is_on_disk_while_its_search_runs_and_removed_after():
+    from types import SimpleNamespace
+
+    from xmr.serve.app import Searcher, SearchRequest
+
+    class ImageReader:  # a predictor of an image-reading encoder that records what its searches found on disk
+        encoder = SimpleNamespace(modalities=frozenset({"text", "image"}), type_name="fake")
+        seen: list = []
+
+        def predict(self, items, k=10, **knobs):
+            self.seen += [(Path(item["images"][0]), Path(item["images"][0]).read_bytes()) for item in items]
+            return SimpleNamespace(to_records=lambda: [[{"id": 0, "text": "x", "score": 1.0}] for _ in items])
+
+    reader = ImageReader()
+    searcher = Searcher(reader, Limits())
+    job = searcher.submit(SearchRequest(queries=[{"text": "a", "image": base64.b64encode(b"pixels").decode()}], k=1))
+    assert job.result(timeout=30) == [[{"id": 0, "text": "x", "score": 1.0}]]
+    (path, content), = reader.seen
+    assert content == b"pixels"
+    deadline = time.time() + 10  # the folder goes in the future's done callback
+    while path.parent.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not path.parent.exists()
+
+
 def test_fast_queries_serve_the_folders_fast_encoder(index_folder, tiny_encoder, tmp_path):
     from test_fast_queries import static_from
 

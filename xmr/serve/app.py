@@ -92,6 +92,10 @@ def _check(request: SearchRequest, limits: Limits) -> None:
             raise BadRequest(f"queries.{number}: {len(text)} characters, at most {limits.max_text_chars}")
 
 
+def has_images(request: SearchRequest) -> bool:
+    return any(not isinstance(query, str) and query.image is not None for query in request.queries)
+
+
 def _decode_image(data: str, number: int, limit: int, folder: Path) -> str:
     """Write a base64 image to a file in ``folder`` (encoders read image paths); returns the path."""
     payload = data.split(",", 1)[1] if data.startswith("data:") else data
@@ -113,7 +117,7 @@ class _Job:
     items: list[Any]
     k: int
     params: dict[str, int]
-    folder: tempfile.TemporaryDirectory
+    folder: tempfile.TemporaryDirectory | None
     future: Future = field(default_factory=Future)
 
     @property
@@ -145,16 +149,19 @@ class Searcher:
 
     def submit(self, request: SearchRequest) -> Future:
         """Check and queue one request; errors of this request alone (an image for a text-only encoder, a blank
-        query) are raised here. The future gets its records; cancelling it before its search starts drops it."""
-        folder = tempfile.TemporaryDirectory(prefix="xmr-serve-")
+        query) are raised here. The future gets its records; cancelling it before its search starts drops it.
+        Images are written to a temporary folder that lives until the request is answered."""
+        folder = tempfile.TemporaryDirectory(prefix="xmr-serve-") if has_images(request) else None
         try:
-            items = self._items(request, Path(folder.name))
+            items = self._items(request, Path(folder.name) if folder else None)
             as_items(items)  # a blank query is refused here, numbered within its own request
         except BaseException:
-            folder.cleanup()
+            if folder:
+                folder.cleanup()
             raise
         job = _Job(items, request.k, dict(request.params), folder)
-        job.future.add_done_callback(lambda _: folder.cleanup())
+        if folder:
+            job.future.add_done_callback(lambda _: folder.cleanup())
         with self._ready:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="xmr-search", daemon=True)
@@ -163,7 +170,7 @@ class Searcher:
             self._ready.notify()
         return job.future
 
-    def _items(self, request: SearchRequest, folder: Path) -> list[Any]:
+    def _items(self, request: SearchRequest, folder: Path | None) -> list[Any]:
         encoder = getattr(self.predictor, "encoder", None)
         items: list[Any] = []
         for number, query in enumerate(request.queries):
@@ -282,8 +289,10 @@ def create_app(predictor: Predictor | str | Path, limits: Limits | None = None, 
     async def search(request: SearchRequest) -> Any:
         """Top-k labels (catalogue ids, best first) for each query."""
         _check(request, limits)
-        loop = asyncio.get_running_loop()
-        job = await loop.run_in_executor(None, searcher.submit, request)  # decodes images off the event loop
+        if has_images(request):  # decode them off the event loop
+            job = await asyncio.get_running_loop().run_in_executor(None, searcher.submit, request)
+        else:
+            job = searcher.submit(request)
         try:
             results = await asyncio.wait_for(asyncio.wrap_future(job), limits.timeout_s)
         except asyncio.TimeoutError:
