@@ -17,7 +17,8 @@ Variants: torch at the index's ``max_seq_length`` (the baseline) and shorter one
 sorted batches; ONNX Runtime dynamic int8 (``xmr fast-queries --method onnx-int8``: ``xmr.encoders.onnx_runtime``,
 exported into the encoder's model folder once); static embeddings distilled with model2vec
 without fitting, and the index's fitted fast query encoder; and combinations (int8 with a shorter length, static
-with a shorter length).
+with a shorter length). ``--reuters-students``/``--esco-students`` add index folders whose fast queries are
+distilled students (``xmr fast-queries --method student``): each is scored as recorded (ONNX int8) and on torch.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xmr.datasets import read_instances  # noqa: E402
+from xmr.encoders import load_encoder  # noqa: E402
 from xmr.encoders.distill import distill_static  # noqa: E402
 from xmr.evaluation import evaluate  # noqa: E402
 from xmr.index import load_index  # noqa: E402
@@ -103,8 +105,8 @@ def wait_for_fast_queries(index, folder: Path | None, wait_s: float):
     return fast
 
 
-def run_dataset(name: str, folder: Path, fast_folder: Path | None, test: Path, train: Path | None,
-                group_by: str | None, args: argparse.Namespace, scratch: Path) -> list[dict]:
+def run_dataset(name: str, folder: Path, fast_folder: Path | None, students: Sequence[Path], test: Path,
+                train: Path | None, group_by: str | None, args: argparse.Namespace, scratch: Path) -> list[dict]:
     lengths, sample = args.lengths, args.timing_sample
     index = load_index(folder)
     teacher = index.encoder
@@ -158,6 +160,14 @@ def run_dataset(name: str, folder: Path, fast_folder: Path | None, test: Path, t
         if length < base_length:
             score(f"ONNX Runtime int8, max_seq_length {length}", "ONNX Runtime int8", length,
                   with_length(int8, length))
+    for student_folder in students:
+        student = wait_for_fast_queries(index, student_folder, args.wait)
+        layers = f"student, layers {' '.join(map(str, student.layers))}"
+        score(f"{layers}, ONNX Runtime int8 ({student_folder.name})", "student int8", student.max_seq_length,
+              with_length(student, None))
+        on_torch = load_encoder(student.config() | {"backend": "torch", "quantize": None})
+        score(f"{layers}, torch ({student_folder.name})", "student fp32", student.max_seq_length,
+              with_length(on_torch, None))
     if args.plain:
         started = time.perf_counter()
         plain = distill_static(teacher, scratch / f"{name}-static-plain")
@@ -233,6 +243,9 @@ def main() -> None:
     parser.add_argument("--reuters-fast", type=Path, help="take Reuters' fast queries from this folder (default: the "
                         "index's own); waits up to --wait seconds for it to appear")
     parser.add_argument("--esco-fast", type=Path, help="the same for ESCO")
+    parser.add_argument("--reuters-students", type=Path, nargs="*", default=[],
+                        help="Reuters index folders with student fast queries (xmr fast-queries --method student)")
+    parser.add_argument("--esco-students", type=Path, nargs="*", default=[], help="the same for ESCO")
     parser.add_argument("--wait", type=float, default=3600)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lengths", type=int, nargs="*", default=[64, 32], help="shorter max lengths to try")
@@ -249,12 +262,12 @@ def main() -> None:
     command = "python scripts/bench_fast_queries.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="xmr-bench-fast-") as scratch:
         if args.reuters:
-            rows = run_dataset("reuters", args.reuters, args.reuters_fast, REUTERS / "test.jsonl",
-                               REUTERS / "train.jsonl", None, args, Path(scratch))
+            rows = run_dataset("reuters", args.reuters, args.reuters_fast, args.reuters_students,
+                               REUTERS / "test.jsonl", REUTERS / "train.jsonl", None, args, Path(scratch))
             write_dataset(rows, args.out, "reuters", args, command)
         if args.esco:
-            rows = run_dataset("esco", args.esco, args.esco_fast, ESCO / "test.jsonl", None, "subset", args,
-                               Path(scratch))
+            rows = run_dataset("esco", args.esco, args.esco_fast, args.esco_students, ESCO / "test.jsonl", None,
+                               "subset", args, Path(scratch))
             write_dataset(rows, args.out, "esco", args, command)
     print(f"wrote {args.out}/results.csv, report.md")
 

@@ -180,3 +180,89 @@ def test_onnx_int8_fast_queries_of_another_encoder_are_refused(own_model_index, 
     assert "onnx-int8 fast queries are not fitted" in capsys.readouterr().err
     assert main(["fast-queries", str(index.path), "--max-seq-length", "8"]) == 2  # static reads 512 tokens anyway
     assert "it is for --method onnx-int8" in capsys.readouterr().err
+
+
+def long_queries(count: int, seed: int) -> list[str]:
+    """Label texts repeated three times: longer than the students' 6-token limit, so truncation loses words."""
+    return [" ".join([record["text"]] * 3) for record in label_records(count, seed=seed)]
+
+
+def test_a_distilled_student_is_closer_to_its_teacher_than_the_cut_untrained_one(tiny_encoder, tmp_path):
+    pytest.importorskip("datasets", reason="the student's trainer needs xmr[train]")
+    from xmr.encoders.student import StudentEncoder, distill_student
+
+    corpus, held_out = long_queries(200, seed=1), long_queries(50, seed=2)
+    options = {key: value for key, value in tiny_encoder.config().items() if key not in ("type", "dim")}
+    cut = StudentEncoder(layers=[1], **options | {"max_seq_length": 6})
+    student = distill_student(tiny_encoder, tmp_path / "student", corpus, layers=[1], max_seq_length=6, epochs=5,
+                              learning_rate=1e-3)
+    assert (student.layers, student.max_seq_length) == ([1], 6)
+    assert len(student.model[0].auto_model.encoder.layer) == 1
+    losses = student.distillation["loss_by_epoch"]
+    assert len(losses) == 5 and losses[-1] < losses[0]  # the MSE to the teacher's vectors falls
+    teacher = tiny_encoder.encode_queries(held_out)
+
+    def cosine(encoder):
+        return float(np.mean(np.sum(encoder.encode_queries(held_out) * teacher, axis=1)))
+
+    assert cosine(student) > cosine(cut) + 0.01  # on texts it was not trained on
+    folder = student.save(tmp_path / "encoder")  # an encoder folder: weights and a config naming the teacher
+    again = xmr.load_encoder(folder)
+    assert again.identity() == student.identity()
+    np.testing.assert_allclose(again.encode_queries(held_out), student.encode_queries(held_out), atol=1e-6)
+    with pytest.raises(EncoderError, match="distinct indices of the teacher's 2 transformer layers"):
+        StudentEncoder(layers=[0, 2], **options)
+    with pytest.raises(EncoderError, match="not this student's weights"):
+        StudentEncoder(layers=[0, 1], weights=str(folder / "student.safetensors"), **options)
+
+
+@pytest.mark.skipif(onnx_backend_problem() is not None, reason=f"ONNX backend: {onnx_backend_problem()}")
+def test_student_fast_queries_run_on_int8_from_the_index_folder(own_model_index, tmp_path, capsys):
+    pytest.importorskip("datasets", reason="the student's trainer needs xmr[train]")
+    from xmr.index.fast_queries import STUDENT_FILES
+
+    index = own_model_index
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": text}) + "\n" for text in long_queries(100, seed=3)))
+    out = tmp_path / "student-index"
+    assert main(["fast-queries", str(index.path), "--method", "student", "--corpus", str(corpus), "--layers", "1",
+                 "--max-seq-length", "6", "--max-epochs", "2", "--out", str(out)]) == 0
+    assert "1-layer student" in capsys.readouterr().out
+    reopened = load_index(out, fast_queries=True)
+    fast = reopened.fast_query_encoder
+    assert (type(fast).__name__, fast.backend, fast.quantize, fast.layers, fast.max_seq_length) == (
+        "StudentEncoder", "onnx", "int8", [1], 6)
+    assert reopened.manifest[SECTION]["files"] == list(STUDENT_FILES.values())
+    assert set(STUDENT_FILES.values()) <= set(reopened.manifest["files"])  # checksummed like every file
+    assert fast.onnx_root.parent == tmp_path / "cache" / "onnx"  # exported to the cache: not the teacher's export
+    assert not (out / "onnx").exists() and not (tmp_path / "model" / "onnx").exists()
+    torch_student = xmr.load_encoder(fast.config() | {"backend": "torch", "quantize": None})
+    queries = long_queries(5, seed=4)
+    assert np.all(np.sum(fast.encode_queries(queries) * torch_student.encode_queries(queries), axis=1) > 0.98)
+    np.testing.assert_array_equal(reopened.search(queries, k=5).ids,
+                                  reopened.search_embeddings(fast.encode_queries(queries), k=5).ids)
+    weights = out / STUDENT_FILES["weights"]
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(IndexFolderError, match=STUDENT_FILES["weights"]):
+        load_index(out, fast_queries=True)
+
+
+def test_student_fast_queries_refuse_bad_requests(own_model_index, tmp_path, capsys):
+    from xmr.encoders.student import StudentEncoder
+
+    index = own_model_index
+    options = {key: value for key, value in index.encoder.config().items() if key not in ("type", "dim")}
+    with pytest.raises(IndexFolderError, match="no trained weights"):
+        index.attach_fast_queries(StudentEncoder(layers=[0], **options, distilled_from=index.encoder.identity()))
+    other = StudentEncoder(layers=[0], **options, distilled_from=index.encoder.identity() | {"query_prompt": "q: "})
+    with pytest.raises(IndexFolderError, match="made from another encoder.*query_prompt"):
+        index.attach_fast_queries(other)
+    assert main(["fast-queries", str(index.path), "--method", "student"]) == 2
+    assert "--corpus: a student is distilled" in capsys.readouterr().err
+    assert main(["fast-queries", str(index.path), "--layers", "0"]) == 2
+    assert "it is for --method student" in capsys.readouterr().err
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("python sql data\n")
+    assert main(["fast-queries", str(index.path), "--method", "student", "--corpus", str(corpus), "--layers",
+                 "7"]) == 2
+    assert "layers [7]: distinct indices" in capsys.readouterr().err.strip()

@@ -236,40 +236,52 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_fast_queries(args: argparse.Namespace) -> None:
     """Make a fast query encoder from the index's encoder and record it in the index: static embeddings distilled
-    and fitted on --corpus, or the encoder on ONNX Runtime int8 (--method onnx-int8)."""
+    and fitted on --corpus, the encoder on ONNX Runtime int8 (--method onnx-int8), or a layer-reduced student
+    distilled on --corpus and run on ONNX int8 (--method student)."""
     import tempfile
     import time
 
     from xmr.index import load_index
     from xmr.index.fast_queries import onnx_int8_queries
+    from xmr.io.readers import corpus_texts
 
     index = load_index(args.index, trust_remote_code=args.trust_remote_code)
     started = time.perf_counter()
-    if args.method == "onnx-int8":
-        if args.corpus:
-            raise XMRError("--corpus: onnx-int8 fast queries are not fitted (the corpus is for --method static)")
-        encoder = onnx_int8_queries(index.encoder, args.max_seq_length)
-        index.attach_fast_queries(encoder)
-        index.save(args.out or args.index)
-        print(f"fast queries for {args.out or args.index}: {index.encoder.type_name} on ONNX Runtime int8, "
-              f"{encoder.max_seq_length} tokens per query, in {time.perf_counter() - started:.0f} s; query with "
-              "--fast-queries")
-        return
-    from xmr.encoders.distill import distill_static
-    from xmr.io.readers import corpus_texts
-
-    if args.max_seq_length:
+    if args.method != "student" and args.layers:
+        raise XMRError("--layers: the transformer layers a student keeps (it is for --method student)")
+    if args.method == "onnx-int8" and args.corpus:
+        raise XMRError("--corpus: onnx-int8 fast queries are not fitted (the corpus is for --method static or "
+                       "student)")
+    if args.method == "static" and args.max_seq_length:
         raise XMRError("--max-seq-length: static fast queries read up to 512 tokens at no cost (it is for "
-                       "--method onnx-int8)")
+                       "--method onnx-int8 or student)")
+    if args.method == "student" and not args.corpus:
+        raise XMRError("--corpus: a student is distilled on query-like texts; name them with --corpus FILE")
     texts = [text for path in args.corpus or () for text in corpus_texts(Path(path), args.text_field)]
     texts = texts[:args.corpus_limit] if args.corpus_limit else texts
     with tempfile.TemporaryDirectory(prefix=".xmr-fast-queries-") as folder:
-        encoder = distill_static(index.encoder, folder, texts, max_epochs=args.max_epochs)
+        if args.method == "onnx-int8":
+            encoder = onnx_int8_queries(index.encoder, args.max_seq_length)
+            made = f"{index.encoder.type_name} on ONNX Runtime int8, {encoder.max_seq_length} tokens per query"
+        elif args.method == "student":
+            from xmr.encoders.student import distill_student
+
+            student = distill_student(index.encoder, folder, texts, layers=args.layers,
+                                      max_seq_length=args.max_seq_length, epochs=args.max_epochs or 10)
+            encoder = onnx_int8_queries(student)
+            made = (f"a {len(student.layers)}-layer student (layers {student.layers}) of {index.encoder.type_name} "
+                    f"on ONNX Runtime int8, {encoder.max_seq_length} tokens per query, trained on {len(texts)} "
+                    f"corpus texts (MSE by epoch {student.distillation['loss_by_epoch']})")
+        else:
+            from xmr.encoders.distill import distill_static
+
+            encoder = distill_static(index.encoder, folder, texts, max_epochs=args.max_epochs or 30)
+            made = (f"static {encoder.dim}-d embeddings of {len(encoder.model.tokens)} tokens distilled from "
+                    f"{index.encoder.type_name}, fitted on {len(texts)} corpus texts")
         index.attach_fast_queries(encoder)
         index.save(args.out or args.index)
-    print(f"fast queries for {args.out or args.index}: static {encoder.dim}-d embeddings of "
-          f"{len(encoder.model.tokens)} tokens distilled from {index.encoder.type_name}, fitted on {len(texts)} "
-          f"corpus texts, in {time.perf_counter() - started:.0f} s; query with --fast-queries")
+    print(f"fast queries for {args.out or args.index}: {made}, in {time.perf_counter() - started:.0f} s; query "
+          "with --fast-queries")
 
 
 def _override(text: str) -> tuple[str, Any]:
@@ -414,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(run=cmd_eval)
 
     fast = commands.add_parser("fast-queries", help="make a fast query encoder from the index's encoder (static "
-                               "embeddings, or ONNX int8) and record it in the index (xmr query/eval --fast-queries)")
+                               "embeddings, ONNX int8, or a distilled student) and record it in the index (xmr "
+                               "query/eval --fast-queries)")
     fast.add_argument("index", help="index folder built with a sentence-transformers encoder")
     fast.add_argument("--corpus", nargs="+", metavar="FILE",
                       help="query-like texts to fit to the encoder's vectors (JSONL/CSV/Parquet records with a "
@@ -422,11 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
     fast.add_argument("--text-field", default="text", help="record field holding the text (default: text)")
     fast.add_argument("--corpus-limit", type=int, help="fit on the first N corpus texts only (the encoder's vectors "
                       "of the corpus are the cost)")
-    fast.add_argument("--method", choices=("static", "onnx-int8"), default="static",
+    fast.add_argument("--method", choices=("static", "onnx-int8", "student"), default="static",
                       help="static: model2vec token embeddings fitted on --corpus (no transformer at query time); "
-                           "onnx-int8: the encoder itself on ONNX Runtime with int8 weights (default: static)")
-    fast.add_argument("--max-seq-length", type=int, help="onnx-int8: read at most this many tokens per query")
-    fast.add_argument("--max-epochs", type=int, default=30, help="fitting epochs at most (early stopping)")
+                           "onnx-int8: the encoder itself on ONNX Runtime with int8 weights; student: some of the "
+                           "encoder's layers trained on --corpus to give its vectors, on ONNX int8 (default: static)")
+    fast.add_argument("--max-seq-length", type=int,
+                      help="onnx-int8, student: read at most this many tokens per query")
+    fast.add_argument("--layers", type=int, nargs="+", help="student: the encoder's transformer layers it keeps "
+                      "(0-based; default every other one: 0 2 4 ...)")
+    fast.add_argument("--max-epochs", type=int, help="static: fitting epochs at most, early stopping (default 30); "
+                      "student: training epochs (default 10)")
     fast.add_argument("--out", help="write the index with fast queries here instead of in place")
     fast.add_argument("--trust-remote-code", action="store_true", help="as for xmr query")
     fast.set_defaults(run=cmd_fast_queries)

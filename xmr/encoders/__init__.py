@@ -27,6 +27,7 @@ LAZY_TYPES = {
     "decoder-llm": ("xmr.encoders.decoder", "DecoderEncoder"),
     "fused": ("xmr.encoders.fusion", "FusedEncoder"),
     "static-embeddings": ("xmr.encoders.static", "StaticEmbeddingEncoder"),
+    "sentence-transformers-student": ("xmr.encoders.student", "StudentEncoder"),
 }
 
 __all__ = [

@@ -30,7 +30,7 @@ Item = str | Mapping[str, Any]
 ENCODER_TYPES: dict[str, type[Encoder]] = {}
 ENCODER_FILE = "xmr_encoder.json"  # the config inside an encoder folder (trained or saved encoders)
 # config paths that are relative to that folder
-FOLDER_PATH_KEYS = ("model", "adapter", "projection_file", "text", "vectors", "tokenizer")
+FOLDER_PATH_KEYS = ("model", "adapter", "projection_file", "text", "vectors", "tokenizer", "weights")
 SIDES = ("query", "label")
 
 

@@ -188,9 +188,10 @@ def run_on_onnx(model: SentenceTransformer, model_name: str, path: Path, row_by_
 
 
 # ---- export cache ------------------------------------------------------------------------------------------------
-def source_fingerprint(location: str) -> str:
-    """Hash of a model folder's JSON configs and its weight files' sizes and mtimes (cheap, changes on retraining)."""
-    digest = hashlib.sha256(f"xmr-onnx-export-{EXPORT_FORMAT}\n".encode())
+def source_fingerprint(location: str, variant: str | None = None) -> str:
+    """Hash of a model folder's JSON configs and its weight files' sizes and mtimes (cheap, changes on retraining),
+    and of ``variant`` (what a derived model changes, e.g. a distilled student's layers and weights)."""
+    digest = hashlib.sha256(f"xmr-onnx-export-{EXPORT_FORMAT}\n{variant or ''}\n".encode())
     folder = Path(location)
     if not folder.is_dir():  # a hub name: its revision is not known here
         digest.update(location.encode())
@@ -206,10 +207,11 @@ def source_fingerprint(location: str) -> str:
     return digest.hexdigest()
 
 
-def export_root(model_name: str, location: str, fingerprint: str) -> Path:
-    """The model folder that holds (or will hold) ``onnx/``: the user's own writable folder, else a cache folder."""
+def export_root(model_name: str, location: str, fingerprint: str, own_model: bool = True) -> Path:
+    """The model folder that holds (or will hold) ``onnx/``: the user's own writable folder, else a cache folder
+    (always for a derived model, ``own_model=False``: its export is not the folder's model)."""
     folder = Path(location)
-    own_folder = Path(model_name).is_absolute() and folder.is_dir()  # a folder the user named, not bundled/hub
+    own_folder = own_model and Path(model_name).is_absolute() and folder.is_dir()  # named by the user, not hub
     installed = any(part in ("site-packages", "dist-packages") for part in folder.resolve().parts)
     if own_folder and not installed and os.access(folder, os.W_OK):
         return folder
@@ -288,11 +290,13 @@ def publish(staging: Path, root: Path) -> None:
 
 
 def exported_onnx_model(model: SentenceTransformer, model_name: str, location: str,
-                        quantize: str | None) -> tuple[Path, str]:
-    """The folder and file (relative to it) of ``model``'s ONNX network, exporting once when none is current."""
+                        quantize: str | None, variant: str | None = None) -> tuple[Path, str]:
+    """The folder and file (relative to it) of ``model``'s ONNX network, exporting once when none is current.
+    ``variant`` names how ``model`` differs from the model at ``location`` (None: it is that model); a variant's
+    export lives in the cache, keyed by it."""
     file_name = onnx_file_name(quantize)
-    fingerprint = source_fingerprint(location)
-    root = export_root(model_name, location, fingerprint)
+    fingerprint = source_fingerprint(location, variant)
+    root = export_root(model_name, location, fingerprint, own_model=variant is None)
     if not is_current(root, file_name, fingerprint):
         export_onnx(model, model_name, root, quantize, fingerprint)
     return root, file_name

@@ -98,14 +98,23 @@ class SentenceTransformerEncoder(DenseEncoder):
                 self.model = SentenceTransformer(location, device=device, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
             raise EncoderError(f"cannot load sentence-transformers model {model!r} from {location}: {error}") from None
+        self._adapt_model()
         if backend == "onnx":
-            self.onnx_root, self.onnx_file = exported_onnx_model(self.model, self.model_name, location, quantize)
+            self.onnx_root, self.onnx_file = exported_onnx_model(self.model, self.model_name, location, quantize,
+                                                                 self._export_variant())
             run_on_onnx(self.model, self.model_name, self.onnx_root / self.onnx_file, row_by_row=quantize == "int8")
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
         self.max_seq_length = self.model.max_seq_length
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self._dim = int(dimension())
+
+    def _adapt_model(self) -> None:
+        """Change the loaded model before it is swapped onto its backend (a subclass's hook; none here)."""
+
+    def _export_variant(self) -> str | None:
+        """How the model differs from the one at its location, for the ONNX export cache (None: it does not)."""
+        return None
 
     @property
     def dim(self) -> int:
