@@ -1,19 +1,21 @@
 """A layer-reduced student of a sentence-transformers encoder, distilled to give its query vectors fast.
 
-The student is the teacher's own model with some of its transformer layers kept (by default every other one: the
+The student is the teacher's own model with some of its transformer layers kept, spread over its depth (the
 layer-reduction recipe of sentence-transformers' distillation examples, which initialises the student from the
-teacher's layers as DistilBERT does, Sanh et al. 2019, section 3) and trained so that its vector of a text, read up
-to ``max_seq_length`` tokens, equals the teacher's query vector of the whole text. The loss is the mean squared
-error between the two (Reimers & Gurevych 2020, *Making Monolingual Sentence Embeddings Multilingual using
-Knowledge Distillation*, section 2: ``1/|B| sum_j ||M(s_j) - M^(s_j)||^2`` with the teacher ``M`` fixed), trained
-by sentence-transformers' own ``SentenceTransformerTrainer`` and ``losses.MSELoss``. The student's vectors live in
-the teacher's space, so an index's label vectors (encoded by the teacher, or learned over its query vectors) are
-searched by them as they are.
+teacher's layers as DistilBERT does, Sanh et al. 2019, section 3; by default every other layer), and trained so that
+its vector of a text, read up to ``max_seq_length`` tokens, equals the teacher's query vector of the whole text. The
+loss is the mean squared error between the two (Reimers & Gurevych 2020, *Making Monolingual Sentence Embeddings
+Multilingual using Knowledge Distillation*, section 2: ``1/|B| sum_j ||M(s_j) - M^(s_j)||^2`` with the teacher
+``M`` fixed), trained by sentence-transformers' own ``SentenceTransformerTrainer`` and ``losses.MSELoss``. The
+student's vectors live in the teacher's space, so an index's label vectors (encoded by the teacher, or learned over
+its query vectors) are searched by them as they are.
 
-Fewer layers and fewer tokens make each query cheaper than the teacher truncated alone (``onnx-int8``) while
-training recovers most of what truncation loses; ``xmr fast-queries --method student`` runs it on ONNX Runtime int8
-(:mod:`xmr.encoders.onnx_runtime`). On disk a student is one safetensors file of its weights: tokenizer, pooling and
-normalisation are the teacher's, loaded from the teacher's model (``model``) and cut to ``layers``.
+Fewer layers make each query cheaper than the teacher truncated to the same tokens (``onnx-int8``); training
+recovers what the dropped layers gave, not the words cut off (on Reuters a 4-of-6-layer student at 48 tokens has the
+6-layer teacher's P@1 at 48 tokens, ``eval/bench/fast-queries/FINDINGS.md``). ``xmr fast-queries --method student``
+runs it on ONNX Runtime int8 (:mod:`xmr.encoders.onnx_runtime`). On disk a student is one safetensors file of its
+weights: tokenizer, pooling and normalisation are the teacher's, loaded from the teacher's model (``model``) and cut
+to ``layers``.
 """
 
 from __future__ import annotations
