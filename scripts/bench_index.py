@@ -294,6 +294,8 @@ def bench_peers(labels: np.ndarray, queries: np.ndarray, truth: np.ndarray, work
                         "--threads", str(args.threads), "--systems", ",".join(systems), "--M", *map(str, args.M),
                         "--ef-construction", "200", "--ef", *map(str, args.ef), "--out", str(out),
                         *args.peer_options], check=True)
+        if not out.is_file():  # ann.py printed its help or stopped early: say so rather than a traceback
+            raise SystemExit(f"bench_index: scripts/peers/ann.py wrote no {out} (--peer-options {args.peer_options})")
         result = json.loads(out.read_text())
         for key in merged:
             merged[key].update(result.get(key, {})) if key != "rows" else merged[key].extend(result["rows"])
