@@ -1,8 +1,8 @@
 """A layer-reduced student of a sentence-transformers encoder, distilled to give its query vectors fast.
 
-The student is the teacher's own model with some of its transformer layers kept, spread over its depth (the
-layer-reduction recipe of sentence-transformers' distillation examples, which initialises the student from the
-teacher's layers as DistilBERT does, Sanh et al. 2019, section 3; by default every other layer), and trained so that
+The student is the teacher's own model with some of its transformer layers kept, spread over its depth (xmr's
+default: every other layer). Initialising the student from the teacher's layers is the layer-reduction recipe of
+sentence-transformers' distillation examples and of DistilBERT (Sanh et al. 2019, section 3). It is trained so that
 its vector of a text, read up to ``max_seq_length`` tokens, equals the teacher's query vector of the whole text. The
 loss is the mean squared error between the two (Reimers & Gurevych 2020, *Making Monolingual Sentence Embeddings
 Multilingual using Knowledge Distillation*, section 2: ``1/|B| sum_j ||M(s_j) - M^(s_j)||^2`` with the teacher
