@@ -449,7 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--usearch-dtypes", nargs="+", default=["f32", "i8"])
     parser.add_argument("--voyager-storage", nargs="+", default=["Float32", "E4M3"])
     parser.add_argument("--glass-quant", nargs="+", default=["FP32", "SQ8U"])
-    parser.add_argument("--ngt-edges", type=int, nargs="+", default=[10], help="ANNG creation edges")
+    parser.add_argument("--ngt-edges", type=int, nargs="*", default=[10],
+                        help="ANNG creation edges (none: build only the ONNG graphs)")
     parser.add_argument("--ngt-onng", nargs="*", default=["100:10:120"],
                         help="ONNG builds as ANNG-edges:outdegree:indegree (ann-benchmarks' NGT-onng: 100:10:120)")
     parser.add_argument("--ngt-epsilon", type=float, nargs="+",
