@@ -125,6 +125,17 @@ class KeywordPredictor(Predictor):
                 "structure": "word overlap", "params": {}, "labels": len(self.catalogue)}
 
 
+def test_a_result_keeps_ids_apart_from_rows_and_empties_the_slots_without_a_label():
+    catalogue = xmr.LabelCatalogue.from_records([{"id": "a", "text": "alpha"}, {"id": "b", "text": "beta"}])
+    rows = np.array([[1, 0], [0, -1]])
+    result = SearchResult(rows, np.array([[0.9, 0.5], [0.7, 0.1]]), rows, catalogue)
+    result.ids[0, 0] = 7
+    assert result.rows[0, 0] == 1 and rows[0, 0] == 1  # ids given as the rows array are a copy of it
+    assert result.ids[1, 1] == -1 and np.isnan(result.scores[1, 1]) and result.scores[0, 1] == np.float32(0.5)
+    full = SearchResult(rows[:1], np.array([[0.9, 0.5]]), rows[:1], catalogue)
+    assert full.found.all() and not np.isnan(full.scores).any()
+
+
 def test_evaluate_takes_a_predictor_that_is_not_an_index(tmp_path):
     catalogue = xmr.LabelCatalogue.from_records([{"id": "py", "text": "python code"}, {"id": "sql", "text": "sql data"},
                                                  {"id": "cook", "text": "cook food"}])

@@ -35,8 +35,12 @@ class SearchResult:
 
     def __post_init__(self) -> None:
         self.rows = np.asarray(self.rows, dtype=np.int64)
-        self.ids = np.where(self.rows >= 0, np.asarray(self.ids, dtype=np.int64), -1)
-        self.scores = np.where(self.rows >= 0, np.asarray(self.scores, dtype=np.float32), np.float32(np.nan))
+        self.ids = np.array(self.ids, dtype=np.int64)  # a copy: never the rows array some predictors pass as ids
+        self.scores = np.asarray(self.scores, dtype=np.float32)
+        missing = self.rows < 0
+        if missing.any():  # most results fill every slot: mask only then (a single query's p50 notices)
+            self.ids = np.where(missing, -1, self.ids)
+            self.scores = np.where(missing, np.float32(np.nan), self.scores)
 
     def __len__(self) -> int:
         return len(self.rows)

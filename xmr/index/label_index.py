@@ -183,11 +183,12 @@ class LabelIndex(EncodedPredictor):
         return self
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Catalogue rows of internal ids (-1 stays -1); internal ids are kept strictly increasing."""
+        """Catalogue rows of internal ids (-1, a stage's empty slot, stays -1); internal ids are kept strictly
+        increasing."""
         if not len(self.internal_ids):
             return np.full(ids.shape, -1, dtype=np.int64)
         if self.internal_ids[-1] == len(self.internal_ids) - 1:  # ids 0..n-1 (nothing removed): row == id
-            return np.where(ids >= 0, ids, -1)
+            return ids.astype(np.int64)  # a copy: rows and ids are separate arrays
         rows = np.searchsorted(self.internal_ids, ids).clip(max=len(self.internal_ids) - 1)
         found = (ids >= 0) & (self.internal_ids[rows] == ids)
         return np.where(found, rows, -1)
