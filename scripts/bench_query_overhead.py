@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def p50_us(search, queries: np.ndarray, passes: int) -> float:
-    """Lowest median over ``passes`` of one query at a time."""
+    """Lowest median over ``passes`` of one query at a time (``bench_index.latency_ms`` times one pass of 200, too
+    noisy for a few microseconds, and importing that script would load its own checkout's xmr, not ``--xmr``)."""
     search(queries[:1])
     best = np.inf
     for _ in range(passes):

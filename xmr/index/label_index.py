@@ -188,7 +188,7 @@ class LabelIndex(EncodedPredictor):
         if not len(self.internal_ids):
             return np.full(ids.shape, -1, dtype=np.int64)
         if self.internal_ids[-1] == len(self.internal_ids) - 1:  # ids 0..n-1 (nothing removed): row == id
-            return ids.astype(np.int64)  # a copy: rows and ids are separate arrays
+            return ids  # SearchResult copies ids, so the two stay separate arrays
         rows = np.searchsorted(self.internal_ids, ids).clip(max=len(self.internal_ids) - 1)
         found = (ids >= 0) & (self.internal_ids[rows] == ids)
         return np.where(found, rows, -1)
