@@ -11,7 +11,8 @@ queries, embedded once with the bundled MiniLM and cached outside the repository
 ~/.cache/xmr/bench-index) in 50,000-row chunks, so reruns and larger N reuse them. Every system searches the same
 float32 vectors with the same threads; exact top-10 from xmr Flat is the ground truth. For each point: build seconds,
 index bytes (the saved file), RSS growth after loading it (xmr: a fresh process opens the folder; peers: after
-build), recall@10, QPS (one batch of 2,000) and single-query p50/p99 (200 queries one at a time, one thread).
+build), recall@10, QPS (one batch of 2,000) and single-query p50/p99 (200 queries one at a time, one thread; the
+pass with the lowest median of three, where a pass takes under 2 s).
 The peers run in .venv-peers (libpecos pins numpy<2; ScaNN, which needs numpy>=2, in .venv-peers-scann) through
 scripts/peers/ann.py, each along its own build x search grid (HNSW M from --M). ``--part`` runs the xmr half
 (OUT/xmr.json), the peers half (OUT/peers.json) or both, and every run rewrites the report from the halves in OUT.
@@ -39,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from peers.ann import single_query_ms  # noqa: E402 - scripts/peers/ann.py, light imports only
 from peers.environment import SCANN_SYSTEMS, peers_python  # noqa: E402 - scripts/peers/environment.py
 
 from xmr.catalogue import LabelCatalogue  # noqa: E402
@@ -121,19 +123,15 @@ def timed_batch(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def latency_ms(search, queries: np.ndarray) -> tuple[float, float]:
-    """p50/p99 of one query at a time on one thread."""
+    """Single-query p50/p99 on one thread over the first ``LATENCY_QUERIES`` queries, timed as the peers are
+    (``peers.ann.single_query_ms``)."""
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
         search(queries[:1])
-        times = []
-        for row in range(min(LATENCY_QUERIES, len(queries))):
-            started = time.perf_counter()
-            search(queries[row:row + 1])
-            times.append(1000 * (time.perf_counter() - started))
+        return single_query_ms(lambda row: search(queries[row:row + 1]), min(LATENCY_QUERIES, len(queries)))
     finally:
         faiss.omp_set_num_threads(threads)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
 def folder_bytes(folder: Path, names: tuple[str, ...] = ("index.faiss",)) -> int:
@@ -263,6 +261,7 @@ def bench_xmr(recipe: IndexRecipe, sweep: list[dict], catalogue: LabelCatalogue,
         p50, p99 = latency_ms(search, queries)
         rows.append({"system": "xmr", "recipe": recipe_label(index) + (
             f" efC{recipe.build['efConstruction']}" if "efConstruction" in recipe.build else "") + (
+            f" layout{recipe.build['cluster_layout']}" if "cluster_layout" in recipe.build else "") + (
             " (auto)" if recipe.name == "auto" else ""),
             "params": " ".join(f"{k}={v}" for k, v in (knobs or index.candidates.knobs()).items())
             or "exact", "n": len(labels), "build_s": build, "index_bytes": size, "rss_mb": facts["rss_mb"],
@@ -388,9 +387,8 @@ def xmr_plans(labels: np.ndarray, m_values: list[int],
     HNSW peers' grid), the quantised graph and the fast-scan IVF lists with C++ refinement, the IVF recipes, the
     compressed refine recipe and ``auto`` under 1/4 of Flat."""
     ef = [{"efSearch": value} for value in ef_values]
-    hnsw = [(PRESETS[f"hnsw{m}"] if f"hnsw{m}" in PRESETS else IndexRecipe(f"hnsw{m}", f"HNSW{m}",
-                                                                          {"efConstruction": 200}), ef, {})
-            for m in m_values]
+    hnsw = [(PRESETS[f"hnsw{m}"] if f"hnsw{m}" in PRESETS else IndexRecipe(f"hnsw{m}", f"HNSW{m}", PRESETS[
+        "hnsw32"].build), ef, {}) for m in m_values]
     refine_ef = [{"efSearch": value, "k_factor_rf": factor} for factor in (1, 2, 4) for value in (16, 24, 32, 48, 64,
                                                                                                   96, 128)]
     refine_ivf = [{"nprobe": value, "k_factor_rf": factor} for factor in (5, 10, 20) for value in (8, 16, 32, 64, 128,
@@ -569,7 +567,8 @@ def write_outputs(args, rows: list[dict], facts: dict, versions: dict, encoding:
 
 
 def of_factory(factory: str):
-    """Whether a row is an xmr recipe built from ``factory`` (its label: the factory, then `` rerankN`` / ``efC``)."""
+    """Whether a row is an xmr recipe built from ``factory`` (its label: the factory, then `` rerankN`` / ``efC`` /
+    ``layoutN``)."""
     return lambda row: row["system"] == "xmr" and (row["recipe"] == factory or row["recipe"].startswith(factory + " "))
 
 

@@ -135,7 +135,7 @@ def test_recipe_files_are_checked(tmp_path):
 def test_presets_are_package_data_found_from_any_working_directory(tmp_path):
     code = "from xmr.index.recipes import load_recipe; r = load_recipe('hnsw32'); print(r.factory, r.build, r.search)"
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "HNSW32 {'efConstruction': 200} {'efSearch': 128}"
+    assert done.stdout.strip() == "HNSW32 {'efConstruction': 200, 'cluster_layout': 1000} {'efSearch': 128}"
 
 
 @pytest.mark.parametrize("name", ["hnsw32", "ivf-sq8", "ivf-sq6", "ivf-pq", "opq-ivf-pq"])

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 
 LATENCY_QUERIES = 200
+LATENCY_PASSES = 3
+LATENCY_REPEAT_BELOW_S = 2.0
 BATCH_REPEATS = 2
 
 
@@ -384,15 +386,30 @@ def batch_search(index: Peer, queries: np.ndarray, setting: dict, k: int, thread
     return ids, len(queries) / best
 
 
+def single_query_ms(search_row, rows: int) -> tuple[float, float]:
+    """p50 and p99 milliseconds of ``search_row(row)`` (one query) over rows 0..rows-1: the pass with the lowest
+    median of up to LATENCY_PASSES (one where a pass takes over LATENCY_REPEAT_BELOW_S, as exact search at 723k
+    does); one pass's median varied 0.55-1.63x between runs on a shared 2-core host. bench_index.py times xmr with
+    it too."""
+    best: list[float] = []
+    for _ in range(LATENCY_PASSES):
+        times = []
+        for row in range(rows):
+            started = time.perf_counter()
+            search_row(row)
+            times.append((time.perf_counter() - started) * 1000)
+        if not best or np.median(times) < np.median(best):
+            best = times
+        if sum(times) > 1000 * LATENCY_REPEAT_BELOW_S:
+            break
+    return float(np.percentile(best, 50)), float(np.percentile(best, 99))
+
+
 def latency_ms(index: Peer, queries: np.ndarray, setting: dict, k: int) -> tuple[float, float]:
-    """p50 and p99 milliseconds of one-query searches on one thread over the first LATENCY_QUERIES queries."""
+    """Single-query p50/p99 on one thread over the first LATENCY_QUERIES queries (:func:`single_query_ms`)."""
     index.search(queries[:1], setting, k, 1)  # untimed warm-up
-    times = []
-    for row in range(min(LATENCY_QUERIES, len(queries))):
-        started = time.perf_counter()
-        index.search(queries[row : row + 1], setting, k, 1)
-        times.append((time.perf_counter() - started) * 1000)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+    return single_query_ms(lambda row: index.search(queries[row : row + 1], setting, k, 1),
+                           min(LATENCY_QUERIES, len(queries)))
 
 
 def describe(values: dict[str, Any]) -> str:

@@ -6,7 +6,8 @@ from an installed wheel anywhere), and any YAML file of the same shape is a reci
     name: hnsw32
     factory: HNSW32                    # any faiss.index_factory string; {nlist}, {nlist_lean}, {nlist_sqrt},
                                        # {coarse}, {m}, {m4} filled in
-    build: {efConstruction: 200}
+    build: {efConstruction: 200, cluster_layout: 1000}  # graph knobs; cluster_layout: store the vectors by
+                                       # k-means clusters of ~1,000 labels (faiss_ops.store_by_cluster)
     search: {efSearch: 128}            # defaults stored in the manifest; every search may override them;
                                        # {nprobe_deep} (an eighth of the IVF lists, at least 256) filled in
     rerank: 0                          # > 0: re-score that many candidates exactly from the stored float32 vectors

@@ -1,7 +1,9 @@
 """Candidate stage ``faiss``: dense vectors in any FAISS index (``index_factory`` string), searched by inner product.
 
 File ``index.faiss``; its ids are the labels' internal ids. Knobs (``efSearch``, ``nprobe``, ...) are discovered from
-the index structure and travel per call (see :func:`faiss_ops.search`).
+the index structure and travel per call (see :func:`faiss_ops.search`). A built or loaded index asks for huge pages
+(:func:`faiss_ops.use_huge_pages`); the build knob ``cluster_layout`` stores a graph's vectors by k-means cluster
+(:func:`faiss_ops.store_by_cluster`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class FaissDenseStage(CandidateStage):
         faiss_ops.set_build_parameters(index, build)
         trained_on = faiss_ops.train(index, vectors, train_size)
         faiss_ops.add(index, vectors, ids)
+        if faiss_ops.CLUSTER_LAYOUT in build:
+            faiss_ops.store_by_cluster(index, vectors, int(build[faiss_ops.CLUSTER_LAYOUT]))
+        faiss_ops.use_huge_pages(index)
         return cls(index, factory, build, trained_on)
 
     def __len__(self) -> int:
@@ -70,6 +75,7 @@ class FaissDenseStage(CandidateStage):
 
     def add(self, labels: Representation, ids: np.ndarray) -> None:
         faiss_ops.add(self.index, _dense(labels).values, ids)
+        faiss_ops.use_huge_pages(self.index)  # the arrays may have moved as they grew
 
     def remove(self, ids: np.ndarray) -> int:
         return faiss_ops.remove(self.index, ids)
@@ -96,6 +102,8 @@ class FaissDenseStage(CandidateStage):
             raise IndexFolderError(f"{folder}: {INDEX_FILE} has dim {index.d}, manifest says {spec['dim']}")
         if index.metric_type != faiss_ops.METRICS.get(spec["metric"]):
             raise IndexFolderError(f"{folder}: {INDEX_FILE} metric does not match manifest metric {spec['metric']!r}")
+        if not mmap:
+            faiss_ops.use_huge_pages(index)
         stage = cls(index, section.get("factory", ""), section.get("build"), section.get("trained_on", 0))
         if section.get("search_params"):
             stage.set_knobs(section["search_params"])
