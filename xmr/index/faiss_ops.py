@@ -73,10 +73,11 @@ def store_by_cluster(index: faiss.Index, vectors: np.ndarray, labels_per_cluster
     clusters = min(len(vectors) // labels_per_cluster, MAX_LAYOUT_CLUSTERS)
     if clusters < 2:
         return
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     kmeans = faiss.Kmeans(vectors.shape[1], clusters, niter=10, seed=seed, spherical=True,
                           max_points_per_centroid=100)
-    kmeans.train(np.ascontiguousarray(vectors, dtype=np.float32))
-    _, assignment = kmeans.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    kmeans.train(vectors)
+    _, assignment = kmeans.index.search(vectors, 1)
     order = np.argsort(assignment.ravel(), kind="stable").astype(np.int64)
     for layer in layers[1:]:
         if isinstance(layer, faiss.IndexRefine):
